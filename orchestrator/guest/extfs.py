@@ -1,0 +1,267 @@
+"""Read and write files of an ext2/3/4 filesystem inside a disk image, without mounting it.
+
+Staging runs on the orchestrator as an ordinary user, on replica files and source images that must not
+be attached to the host's kernel (no loop device, no root, no risk of the host auto-mounting a guest's
+filesystem). e2fsprogs' ``debugfs`` edits an image through libext2fs in user space, and its
+``image?offset=N`` syntax reaches a filesystem inside a partitioned disk, so a partition never has to be
+mapped. debugfs reports most errors on stderr with exit status 0, so every write is read back and
+compared: a write that did not land is an error, whatever debugfs said.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import posixpath
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+_SYMLINK_HOPS = 40  # as the Linux kernel's MAXSYMLINKS
+_TIMEOUT = 120.0
+_EXT_INCOMPAT_RECOVER = 0x4
+_SAFE_PATH_RE = re.compile(r'^/[^"\n\r\0]*$')
+InodeType = Literal["regular", "directory", "symlink", "other"]
+_INODE_TYPES: dict[str, InodeType] = {"regular": "regular", "directory": "directory", "symlink": "symlink"}
+
+
+class GuestFsError(Exception):
+    """The guest filesystem could not be read or changed; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class Inode:
+    type: InodeType
+    mode: int  # permission bits only
+    size: int
+    link_target: str | None = None
+
+
+def e2fs_tool(name: str) -> str:
+    """e2fsprogs lives in /usr/sbin, which is not on an ordinary user's PATH on Debian."""
+    found = shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.exists()), None
+    )
+    if not found:
+        raise GuestFsError(f"{name} not found: install e2fsprogs (apt-get install e2fsprogs)")
+    return found
+
+
+class ExtFs:
+    """One ext filesystem at byte ``offset`` of the disk image file ``image``."""
+
+    def __init__(self, image: Path, offset: int = 0) -> None:
+        if "?" in str(image):
+            raise GuestFsError(f"{image}: debugfs cannot open a path containing '?'; rename the image")
+        self.image = Path(image)
+        self.offset = offset
+
+    @property
+    def spec(self) -> str:
+        """How debugfs and e2fsck name this filesystem (unix_io's offset option)."""
+        return f"{self.image}?offset={self.offset}" if self.offset else str(self.image)
+
+    def __repr__(self) -> str:
+        return f"ExtFs({self.spec})"
+
+    # ------------------------------------------------------------ reading
+
+    def stat(self, path: str) -> Inode | None:
+        """The inode at ``path`` itself (a final symlink is not followed); None when absent."""
+        out = self._run([f"stat {_quote(path)}"]).stdout.decode(errors="replace")
+        kind = re.search(r"Type: (\w+)", out)
+        if not kind:
+            return None
+        mode = re.search(r"Mode:\s+([0-7]+)", out)
+        size = re.search(r"\bSize: (\d+)", out)
+        inode_type = _INODE_TYPES.get(kind.group(1), "other")
+        target = None
+        if inode_type == "symlink":
+            fast = re.search(r'Fast link dest: "(.*)"', out)
+            target = (
+                fast.group(1) if fast else self._run([f"cat {_quote(path)}"]).stdout.decode(errors="replace")
+            )
+        return Inode(
+            inode_type,
+            int(mode.group(1), 8) & 0o7777 if mode else 0,
+            int(size.group(1)) if size else 0,
+            target,
+        )
+
+    def resolve(self, path: str) -> tuple[str, Inode] | None:
+        """Follow symlinks in the last component (debugfs follows the inner ones) from the guest's root."""
+        path = posixpath.normpath("/" + path.lstrip("/"))
+        for _ in range(_SYMLINK_HOPS):
+            inode = self.stat(path)
+            if inode is None:
+                return None
+            if inode.type != "symlink":
+                return path, inode
+            assert inode.link_target is not None
+            base = "/" if inode.link_target.startswith("/") else posixpath.dirname(path)
+            path = posixpath.normpath(posixpath.join(base, inode.link_target))
+        raise GuestFsError(f"{self.spec}: too many levels of symbolic links at {path}")
+
+    def read(self, path: str) -> bytes | None:
+        """Contents of a regular file, following symlinks; None when it does not exist."""
+        found = self.resolve(path)
+        if found is None:
+            return None
+        real, inode = found
+        if inode.type != "regular":
+            raise GuestFsError(f"{self.spec}: {path} is a {inode.type}, not a file")
+        data = self._run([f"cat {_quote(real)}"]).stdout
+        if len(data) != inode.size:
+            raise GuestFsError(
+                f"{self.spec}: read {len(data)} of {inode.size} bytes of {path}; "
+                "run e2fsck -fn on the image to check it"
+            )
+        return data
+
+    def listdir(self, path: str) -> list[str]:
+        """Entry names of a directory (following symlinks); empty when it does not exist."""
+        found = self.resolve(path)
+        if found is None or found[1].type != "directory":
+            return []
+        out = self._run([f"ls -p {_quote(found[0])}"]).stdout.decode(errors="replace")
+        names = []
+        for line in out.splitlines():
+            fields = line.split("/")
+            if len(fields) >= 7 and fields[5] not in (".", ".."):
+                names.append(fields[5])
+        return sorted(names)
+
+    def needs_recovery(self) -> bool:
+        """The journal holds transactions not yet written home: true of a copy of a mounted filesystem."""
+        with open(self.image, "rb") as handle:
+            handle.seek(self.offset + 1024 + 0x60)
+            raw = handle.read(4)
+        return len(raw) == 4 and bool(struct.unpack("<I", raw)[0] & _EXT_INCOMPAT_RECOVER)
+
+    # ------------------------------------------------------------ writing
+
+    def replay_journal(self) -> None:
+        """Bring a crash-consistent copy to a consistent state before editing it, as mounting would."""
+        result = subprocess.run(
+            [e2fs_tool("e2fsck"), "-p", "-E", "journal_only", self.spec],
+            capture_output=True,
+            timeout=_TIMEOUT,
+            check=False,
+        )
+        if result.returncode not in (0, 1) or self.needs_recovery():
+            raise GuestFsError(
+                f"{self.spec}: journal replay failed (e2fsck exit {result.returncode}): "
+                f"{_stderr(result)}; run e2fsck -f on the image by hand"
+            )
+
+    def write_files(self, files: Sequence[tuple[str, bytes, int]]) -> None:
+        """Create or replace regular files (path, data, mode) owned by root, creating parent directories."""
+        if not files:
+            return
+        if self.needs_recovery():
+            self.replay_journal()
+        with tempfile.TemporaryDirectory(prefix="hvmigrate-stage-") as tmp:
+            commands: list[str] = []
+            for index, (path, data, mode) in enumerate(files):
+                real = self._writable_path(path, commands)
+                local = Path(tmp) / f"f{index}"
+                local.write_bytes(data)
+                existing = self.stat(real)
+                if existing is not None:
+                    if existing.type == "directory":
+                        raise GuestFsError(f"{self.spec}: cannot write {path}: it is a directory")
+                    commands.append(f"rm {_quote(real)}")
+                commands += [
+                    f"write {local} {_quote(real)}",
+                    f"sif {_quote(real)} mode 0{0o100000 | mode:o}",
+                    f"sif {_quote(real)} uid 0",
+                    f"sif {_quote(real)} gid 0",
+                ]
+            result = self._run(commands, writable=True)
+        for path, data, mode in files:
+            found = self.resolve(path)
+            if found is None or found[1].mode != mode or self.read(path) != data:
+                raise GuestFsError(f"{self.spec}: writing {path} did not take effect: {_stderr(result)}")
+
+    def _writable_path(self, path: str, commands: list[str]) -> str:
+        """The real path to write ``path`` at: parent symlinks resolved, missing parents queued for mkdir."""
+        path = posixpath.normpath("/" + path.lstrip("/"))
+        if not _SAFE_PATH_RE.match(path) or path == "/":
+            raise GuestFsError(f"cannot stage a file at {path!r}: not a plain absolute path")
+        parent = "/"
+        parts = [p for p in posixpath.dirname(path).split("/") if p]
+        for position, name in enumerate(parts):
+            candidate = posixpath.join(parent, name)
+            found = self.resolve(candidate)
+            if found is None:
+                for missing in parts[position:]:
+                    parent = posixpath.join(parent, missing)
+                    commands.append(f"mkdir {_quote(parent)}")
+                break
+            if found[1].type != "directory":
+                raise GuestFsError(f"{self.spec}: cannot create {path}: {candidate} is a {found[1].type}")
+            parent = found[0]
+        return posixpath.join(parent, posixpath.basename(path))
+
+    # ------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        """Two stagers on one replica would corrupt it; an O_RDONLY descriptor is enough to hold a flock."""
+        fd = os.open(self.image, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def _run(self, commands: Sequence[str], *, writable: bool = False) -> subprocess.CompletedProcess[bytes]:
+        if not self.image.exists():
+            raise GuestFsError(f"disk image {self.image} does not exist")
+        args = [e2fs_tool("debugfs")]
+        args += ["-w"] if writable else []
+        env = {**os.environ, "DEBUGFS_PAGER": "__none__", "PAGER": "__none__"}
+        with tempfile.NamedTemporaryFile("w", prefix="hvmigrate-debugfs-", suffix=".cmd") as script:
+            script.write("\n".join(commands) + "\n")
+            script.flush()
+            with self._locked(writable):
+                result = subprocess.run(
+                    [*args, "-f", script.name, self.spec],
+                    capture_output=True,
+                    timeout=_TIMEOUT,
+                    env=env,
+                    check=False,
+                )
+        err = _stderr(result)
+        if "while trying to open" in err or "Filesystem not open" in err:
+            raise GuestFsError(f"{self.spec}: not an ext2/3/4 filesystem debugfs can open ({err})")
+        return result
+
+
+def _quote(path: str) -> str:
+    if not _SAFE_PATH_RE.match(path):
+        raise GuestFsError(f"cannot address {path!r} in a guest filesystem: not a plain absolute path")
+    return f'"{path}"' if any(c.isspace() for c in path) else path
+
+
+def _stderr(result: subprocess.CompletedProcess[bytes]) -> str:
+    """debugfs's stderr without its version banner and echo of commands, on one line."""
+    lines = [line.strip() for line in result.stderr.decode(errors="replace").splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("debugfs 1.", "e2fsck 1."))]
+    return "; ".join(useful) or f"exit status {result.returncode}"
+
+
+def check_clean(fs: ExtFs) -> tuple[bool, str]:
+    """e2fsck -fn: does the filesystem check clean? (Read only; used after staging and in tests.)"""
+    result = subprocess.run(
+        [e2fs_tool("e2fsck"), "-fn", fs.spec], capture_output=True, timeout=_TIMEOUT, check=False
+    )
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    return result.returncode == 0, output

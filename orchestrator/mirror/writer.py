@@ -1,0 +1,355 @@
+"""The writer side of the data plane: owns the target disk and its block map.
+
+It only ever receives messages a wire can carry (``write(offset, data, digest)``, ``zero(offset, length)``,
+``confirm(offset, digest)``, ``check(offset, length, digest)``, ``checkpoint()``, ``finish()``), so a later
+agent can run it next to the target disk and the reader next to the source, with the same code deciding
+what is durable. Everything about crash safety lives here: the order "mark the extent hot, write the data,
+fdatasync it, verify it, then record it" is what lets a killed copy resume without trusting a record whose
+data may be missing (see blockmap.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .blockmap import ABSENT, DATA, FULL_PASS, INCREMENTAL_PASS, ZERO, BlockMap, MapSnapshot, map_path_for
+from .errors import MirrorError
+from .file_reader import data_ranges, device_size, is_hole
+from .hashing import DiskDigest, chunk_digest, zero_block, zero_digest
+
+DEFAULT_FLUSH_BYTES = 256 * 1024**2
+DEFAULT_FLUSH_SECONDS = 5.0
+_FLUSH_RECORDS = 65536  # records changed without data (confirmations) also get flushed now and then
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        function = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    function.restype = ctypes.c_int
+    return function
+
+
+_fallocate = _load_fallocate()
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a range so it reads as zeros; False when the file system or platform cannot."""
+    if _fallocate is None:
+        return False
+    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV):
+        return False
+    raise OSError(code, os.strerror(code))
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class TargetWriter:
+    """Writes one replica disk, keeps its block map, and says what the target holds.
+
+    One writer per target at a time (an exclusive flock on the target enforces it); different targets may
+    be written from different threads, since nothing here is shared between writers.
+    """
+
+    def __init__(
+        self,
+        target_path: Path,
+        *,
+        size: int,
+        chunk_size: int,
+        source_identity: str,
+        mode: str,
+        verify: bool = True,
+        map_path: Path | None = None,
+        flush_bytes: int = DEFAULT_FLUSH_BYTES,
+        flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(target_path)
+        self.size = size
+        self.chunk_size = chunk_size
+        self._verify = verify
+        self._flush_bytes = flush_bytes
+        self._flush_seconds = flush_seconds
+        self._clock = clock
+        self._pending: list[tuple[int, int, bytes]] = []  # (chunk, state, digest) written, not yet durable
+        self._pending_bytes = 0
+        self._last_flush = clock()
+        self._can_punch = True
+        self._check_buffer: bytearray | None = None
+        self._fd, fresh, target_ino = self._open_target()
+        try:
+            self._map = BlockMap.open(
+                map_path or map_path_for(self.path),
+                chunk_size=chunk_size,
+                disk_size=size,
+                source_identity=source_identity,
+                target_ino=target_ino,
+                fresh_target=fresh,
+                seed_zero=lambda: range(-(-size // chunk_size)) if fresh else self._hole_chunks(),
+            )
+            resuming = False
+            if mode != "verify":
+                resuming = self._map.begin_pass(
+                    FULL_PASS if mode == "full" else INCREMENTAL_PASS, resume=mode == "full"
+                )
+            self.summary: MapSnapshot = self._map.snapshot(resuming)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    # ------------------------------------------------------------ opening
+
+    def _open_target(self) -> tuple[int, bool, int]:
+        fresh = False
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fresh = True
+            except FileExistsError:
+                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise MirrorError(f"cannot create the target disk {self.path}: {exc.strerror}") from None
+        except OSError as exc:
+            raise MirrorError(f"cannot open the target disk {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MirrorError(f"another mirror is writing {self.path}: wait for it to finish") from None
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            current, target_ino = info.st_size, info.st_ino
+        elif stat.S_ISBLK(info.st_mode):
+            current, target_ino = device_size(fd), 0  # device inodes change at each boot: not an identity
+        else:
+            os.close(fd)
+            raise MirrorError(f"target {self.path} is neither a file nor a block device")
+        if fresh:
+            try:
+                os.ftruncate(fd, self.size)  # sparse: the target costs nothing until data arrives
+            except OSError as exc:
+                os.close(fd)
+                raise MirrorError(f"cannot size the target disk {self.path}: {exc.strerror}") from None
+        elif current < self.size:
+            os.close(fd)
+            raise MirrorError(
+                f"target disk is smaller than the source ({current} < {self.size}): grow "
+                f"{self.path} to at least {self.size} bytes and run again"
+            )
+        return fd, fresh, target_ino
+
+    def _hole_chunks(self) -> Iterator[int]:
+        """Chunks lying wholly in a hole of the existing target: known zero without a write."""
+        ranges = data_ranges(self._fd, self.size)
+        if ranges is None:
+            return
+        count = -(-self.size // self.chunk_size)
+        cursor = 0
+        for offset, length in ranges:
+            first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+            yield from range(cursor, min(first, count))
+            cursor = max(cursor, last + 1)
+        yield from range(cursor, count)
+
+    # ------------------------------------------------------------ messages
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview, digest: bytes) -> None:
+        """Store one data chunk; it is recorded in the map only once durable (and verified)."""
+        index = self._index(offset, len(data))
+        if self._verify and chunk_digest(data) != digest:
+            raise MirrorError(f"the chunk at offset {offset} arrived damaged (digest mismatch): run again")
+        self._mark_hot(index)
+        try:
+            pwrite_all(self._fd, data, offset)
+        except OSError as exc:
+            self._map.set(index, ABSENT, 0, b"")
+            raise self._write_error(exc, offset) from None
+        self._pending.append((index, DATA, digest))
+        self._pending_bytes += len(data)
+        self._maybe_flush()
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make one chunk read as zeros without storing them (a hole where the platform allows)."""
+        index = self._index(offset, length)
+        self._mark_hot(index)
+        try:
+            if not (self._can_punch and punch_hole(self._fd, offset, length)):
+                self._can_punch = False
+                pwrite_all(self._fd, zero_block(length), offset)
+                self._pending_bytes += length
+        except OSError as exc:
+            self._map.set(index, ABSENT, 0, b"")
+            raise self._write_error(exc, offset) from None
+        self._pending.append((index, ZERO, b""))
+        self._maybe_flush()
+
+    def confirm(self, offset: int, digest: bytes) -> None:
+        """The reader found this chunk equal to the map: record it as checked in this pass (no I/O)."""
+        index = offset // self.chunk_size
+        state = self._map.state(index)
+        known = zero_digest(self._map.chunk_length(index)) if state == ZERO else self._map.digest(index)
+        if state == ABSENT or known != digest:
+            raise MirrorError(f"confirmed chunk at offset {offset} does not match the block map: run again")
+        self._map.set(index, state, self._map.pass_number, digest)
+        self._maybe_flush()
+
+    def check(self, offset: int, length: int, digest: bytes) -> bool:
+        """Verify mode: does the target chunk hash to ``digest``? A mismatch corrects the map to the truth,
+        so the next pass re-sends the chunk even if the map believed it was there."""
+        index = self._index(offset, length)
+        state, actual = self._read_back(offset, length)
+        if state != self._map.state(index) or (state == DATA and actual != self._map.digest(index)):
+            self._map.set(index, state, 0, actual)
+        if self._map.dirty_count >= _FLUSH_RECORDS:
+            self._map.flush()
+        return actual == digest
+
+    def checkpoint(self) -> None:
+        """Make everything written so far durable and recorded (before a cancel, or on a timer)."""
+        self._flush()
+
+    def finish(self) -> str | None:
+        """Close the pass; returns the target's whole-disk digest as the map records it."""
+        self._flush()
+        self._map.end_pass()
+        return self.disk_digest()
+
+    def disk_digest(self) -> str | None:
+        digest = DiskDigest()
+        for chunk in self._map.chunk_digests():
+            if chunk is None:
+                return None
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    def abort(self) -> None:
+        """After a failure: keep what is durable (a later run resumes from it), never more."""
+        with contextlib.suppress(MirrorError, OSError):
+            self._flush()
+
+    def close(self) -> None:
+        self._map.close()
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the flock
+            self._fd = -1
+
+    @property
+    def block_map(self) -> BlockMap:
+        return self._map
+
+    # ------------------------------------------------------------ durability
+
+    def _mark_hot(self, index: int) -> None:
+        try:
+            self._map.mark_hot(index)
+        except OSError as exc:
+            raise MirrorError(f"cannot update the block map {self._map.path}: {exc.strerror}") from None
+
+    def _maybe_flush(self) -> None:
+        if (
+            self._pending_bytes >= self._flush_bytes
+            or self._map.dirty_count >= _FLUSH_RECORDS
+            or self._clock() - self._last_flush >= self._flush_seconds
+        ):
+            self._flush()
+
+    def _flush(self) -> None:
+        """fdatasync the data, re-read it if verifying, then record it: in that order, always."""
+        pending, self._pending = self._pending, []
+        self._pending_bytes = 0
+        self._last_flush = self._clock()
+        pass_number = self._map.pass_number
+        failure: MirrorError | None = None
+        if pending:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                for index, _state, _digest in pending:
+                    self._map.set(index, ABSENT, 0, b"")
+                self._map.flush()
+                raise self._write_error(exc, pending[0][0] * self.chunk_size) from None
+        for index, state, digest in pending:
+            if self._verify and failure is None:
+                offset = index * self.chunk_size
+                actual_state, actual = self._read_back(offset, self._map.chunk_length(index))
+                if actual_state != state or (state == DATA and actual != digest):
+                    failure = MirrorError(
+                        f"verification failed at offset {offset}: the target disk {self.path} returned other "
+                        "data than was written; check the target storage, then run again"
+                    )
+                    self._map.set(index, ABSENT, 0, b"")
+                    continue
+            self._map.set(index, state, pass_number, digest)
+        try:
+            self._map.flush()
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot update the block map {self._map.path}: {exc.strerror}; "
+                "free space beside the target disk and run again"
+            ) from None
+        if failure is not None:
+            raise failure
+
+    def _read_back(self, offset: int, length: int) -> tuple[int, bytes]:
+        """(state, digest) of what the target holds at [offset, offset+length)."""
+        if is_hole(self._fd, offset, length):
+            return ZERO, zero_digest(length)
+        if self._check_buffer is None:
+            self._check_buffer = bytearray(self.chunk_size)
+        view = memoryview(self._check_buffer)[:length]
+        done = 0
+        while done < length:
+            got = os.preadv(self._fd, [view[done:]], offset + done)
+            if got == 0:
+                raise MirrorError(f"the target disk {self.path} ended at offset {offset + done}: run again")
+            done += got
+        if length == self.chunk_size:
+            zero = self._check_buffer == zero_block(length)
+        else:
+            zero = view.tobytes() == zero_block(length)
+        return (ZERO, zero_digest(length)) if zero else (DATA, chunk_digest(view))
+
+    def _index(self, offset: int, length: int) -> int:
+        index, rest = divmod(offset, self.chunk_size)
+        if rest or offset < 0 or offset >= self.size or length != min(self.chunk_size, self.size - offset):
+            raise MirrorError(f"chunk at offset {offset} (length {length}) does not match the disk geometry")
+        return index
+
+    def _write_error(self, exc: OSError, offset: int) -> MirrorError:
+        if exc.errno in _FULL_ERRNOS:
+            return MirrorError(f"target full at offset {offset}: free space and run again ({self.path})")
+        return MirrorError(
+            f"cannot write the target disk {self.path} at offset {offset}: {exc.strerror}; "
+            "check the target storage and run again"
+        )

@@ -1,0 +1,457 @@
+"""The playbook format (``apiVersion: hvmigrate/v1``) as pydantic models.
+
+These models are the contract of DESIGN.md: fields may be added, never renamed. Every model forbids
+unknown keys, because a misspelt option that is silently ignored is how a migration goes wrong at 3 a.m.
+Descriptions double as the field reference (``migrate schema`` and docs/playbook.md are generated from them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .secrets import SecretStr
+from .units import Duration, Rate, Size
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+MAC_RE = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_default=True)
+
+
+# ---------------------------------------------------------------- defaults
+
+
+class BandwidthWindow(Model):
+    """A weekly window with its own limit (the reference product's scheduled bandwidth)."""
+
+    days: str = Field("mon-sun", description="days the window applies: mon-fri, sat,sun, mon")
+    hours: str = Field("00:00-24:00", description="local time range HH:MM-HH:MM; may wrap past midnight")
+    limit: Rate | None = Field(None, description="bytes/s inside the window; omit for unlimited")
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: str) -> str:
+        day_set(value)
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        hour_range(value)
+        return value
+
+
+def day_set(text: str) -> set[int]:
+    """Weekday numbers (Monday 0) from ``mon-fri`` or ``sat,sun``."""
+    days: set[int] = set()
+    for part in text.lower().replace(" ", "").split(","):
+        if "-" in part:
+            first, last = part.split("-", 1)
+            if first not in _DAYS or last not in _DAYS:
+                raise ValueError(f"expected days like mon-fri or sat,sun, got {text!r}")
+            a, b = _DAYS.index(first), _DAYS.index(last)
+            days.update(range(a, b + 1) if a <= b else [*range(a, 7), *range(0, b + 1)])
+        elif part in _DAYS:
+            days.add(_DAYS.index(part))
+        else:
+            raise ValueError(f"expected days like mon-fri or sat,sun, got {text!r}")
+    return days
+
+
+def hour_range(text: str) -> tuple[int, int]:
+    """Minutes since midnight (start, end) from ``08:00-18:00``."""
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", text)
+    if not match:
+        raise ValueError(f"expected hours like 08:00-18:00, got {text!r}")
+    h1, m1, h2, m2 = map(int, match.groups())
+    start, end = h1 * 60 + m1, h2 * 60 + m2
+    if h1 > 24 or h2 > 24 or m1 > 59 or m2 > 59 or start > 1440 or end > 1440 or start == end:
+        raise ValueError(f"{text!r} is not a valid time range")
+    return start, end
+
+
+class Bandwidth(Model):
+    limit: Rate | None = Field(None, description="bytes/s outside any window; omit for unlimited")
+    schedule: list[BandwidthWindow] = Field(default_factory=list, description="first matching window wins")
+
+
+class MirrorOptions(Model):
+    compression: Literal["zstd", "zlib", "none"] = Field("zstd", description="on the wire; skipped per chunk "
+                                                          "when it does not pay")
+    compression_level: int = Field(3, ge=1, le=19)
+    verify: bool = Field(True, description="compare per-chunk hashes after writing, then a whole-disk digest")
+    chunk_size: Size = Field(4 * 1024**2, description="unit of hashing, transfer and resume")
+    streams: int = Field(2, ge=1, le=64, description="parallel streams per disk")
+    bandwidth: Bandwidth = Field(default_factory=Bandwidth)
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk(cls, value: int) -> int:
+        if value < 64 * 1024 or value > 256 * 1024**2 or value & (value - 1):
+            raise ValueError("chunk_size must be a power of two between 64KiB and 256MiB")
+        return value
+
+
+class CutoverOptions(Model):
+    mode: Literal["manual", "auto"] = Field("manual", description="auto: cut over as soon as the mirror is in "
+                                            "sync; manual: stop at the cutover gate and wait for `migrate cutover`")
+    shutdown_source: bool = Field(True, description="shut the source down after the final sync")
+    pre_script: str | None = Field(None, description="command run on the orchestrator before cutover; "
+                                   "a failure stops the cutover with the source untouched")
+    post_script: str | None = Field(None, description="command run after the replica answers and DNS moved")
+    script_timeout: Duration = Field(600, description="how long a pre/post script may run")
+    boot_timeout: Duration = Field(600, description="how long to wait for the replica to answer")
+
+
+class SyncOptions(Model):
+    interval: Duration = Field(3600, description="time between incremental passes while waiting at the gate")
+    max_lag: Duration = Field(86400, description="cutover refuses when the last pass is older (unless forced)")
+
+
+class Limits(Model):
+    max_parallel_servers: int = Field(8, ge=1, le=10000)
+    per_source_host: int = Field(4, ge=1, le=1000, description="data-moving steps at once per source host")
+    per_target_host: int = Field(10, ge=1, le=1000, description="steps at once per target host")
+    retries: int = Field(3, ge=0, le=20, description="attempts after the first for retryable steps")
+    retry_backoff: Duration = Field(5, description="first retry delay; doubles each attempt")
+
+
+class SimulationModel(Model):
+    """Cost model of the dry run; every figure can be measured once and written here."""
+
+    link_bandwidth: Rate = Field(1250 * 1000**2 // 10, description="source to target link (default 1 Gbit/s)")
+    disk_read: Rate = Field(400 * 1024**2, description="source disk read throughput")
+    disk_write: Rate = Field(400 * 1024**2, description="target disk write throughput")
+    compression_ratio: float = Field(0.6, gt=0, le=1, description="bytes on the wire / bytes read")
+    zero_fraction: float | None = Field(None, ge=0, lt=1, description="share of zero chunks; None: measure "
+                                        "from the source where it can be read, else 0.5")
+    change_rate: Rate = Field(2 * 1024**2 // 60, description="bytes/s the source changes while running")
+    appliance_boot: Duration = 120
+    vm_create: Duration = 15
+    disk_create: Duration = 5
+    disk_attach: Duration = 3
+    replica_boot: Duration = 60
+    quiesce: Duration = 10
+    source_shutdown: Duration = 60
+    staging: Duration = 20
+    dns_update: Duration = 2
+    start_time: str = Field("2026-01-05T20:00", description="wall-clock start for bandwidth schedules")
+
+
+class Defaults(Model):
+    mirror: MirrorOptions = Field(default_factory=MirrorOptions)
+    cutover: CutoverOptions = Field(default_factory=CutoverOptions)
+    sync: SyncOptions = Field(default_factory=SyncOptions)
+    limits: Limits = Field(default_factory=Limits)
+    simulation: SimulationModel = Field(default_factory=SimulationModel)
+
+
+# ---------------------------------------------------------------- providers
+
+
+class SimProviderConfig(Model):
+    """The embedded simulated hypervisor: VMs as JSON, disks as sparse files under ``root``."""
+
+    type: Literal["sim"]
+    root: Path = Field(Path("./sim-hypervisor"), description="directory holding the simulated host")
+    host: str = Field("sim-host-1", description="name of the simulated host")
+    datastores: dict[str, Size] = Field(default_factory=lambda: {"default": 64 * 1024**3},
+                                        description="datastore name -> capacity")
+    networks: list[str] = Field(default_factory=lambda: ["prod", "test", "isolated"])
+    firmware: list[Literal["bios", "uefi"]] = Field(default_factory=lambda: ["bios", "uefi"])
+    max_nics: int = Field(16, ge=1)
+
+
+class KvmProviderConfig(Model):
+    type: Literal["kvm"]
+    uri: str = Field("qemu:///system", description="any libvirt URI: qemu:///system, qemu+ssh://host/system")
+    storage_pool: str = "default"
+    domain_type: Literal["kvm", "qemu"] | None = Field(None, description="force qemu (TCG) where kvm is absent")
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+
+
+class EsxProviderConfig(Model):
+    type: Literal["esx"]
+    host: str
+    port: int = Field(443, ge=1, le=65535)
+    user: str
+    password: SecretStr
+    datacenter: str | None = None
+    cluster: str | None = None
+    esx_host: str | None = Field(None, description="a specific ESXi host inside the cluster")
+    resource_pool: str | None = None
+    folder: str | None = None
+    datastore: str | None = Field(None, description="default datastore for config files and disks")
+    thumbprint: str | None = Field(None, description="SHA-256 (or SHA-1) certificate thumbprint to pin")
+    ca_bundle: Path | None = None
+    insecure: bool = Field(False, description="skip certificate checks; shown as a warning in every report")
+    appliance: str | None = Field(None, description="name of an existing recovery appliance VM")
+    appliance_template: str | None = Field(None, description="template or OVA to provision appliances from")
+
+
+class HypervProviderConfig(Model):
+    type: Literal["hyperv"]
+    host: str
+    port: int | None = Field(None, ge=1, le=65535, description="default 5986 (https) or 5985 (http)")
+    user: str
+    password: SecretStr
+    transport: Literal["https", "http"] = "https"
+    auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    vm_path: str | None = Field(None, description="folder for replica VMs and VHDX files")
+
+
+ProviderConfig = Annotated[
+    SimProviderConfig | KvmProviderConfig | EsxProviderConfig | HypervProviderConfig,
+    Field(discriminator="type"),
+]
+
+
+# ---------------------------------------------------------------- dns
+
+
+class Tsig(Model):
+    name: str
+    algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"] = (
+        "hmac-sha256")
+    secret: SecretStr
+
+
+class Rfc2136Dns(Model):
+    type: Literal["rfc2136"]
+    server: str
+    port: int = Field(53, ge=1, le=65535)
+    zone: str
+    tsig: Tsig | None = None
+    timeout: Duration = 10
+
+
+class ZonefileDns(Model):
+    """A zone file on disk, rewritten in place: the embedded default's DNS server."""
+
+    type: Literal["zonefile"]
+    path: Path
+    zone: str
+
+
+class WindowsDns(Model):
+    type: Literal["windows"]
+    host: str
+    user: str
+    password: SecretStr
+    zone: str
+    transport: Literal["https", "http"] = "https"
+    insecure: bool = False
+
+
+DnsConfig = Annotated[Rfc2136Dns | ZonefileDns | WindowsDns, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- sources
+
+
+class ImageSource(Model):
+    """A disk image file (raw) standing for a server's disk; read only, never written."""
+
+    type: Literal["image"]
+    path: Path
+    size: Size | None = Field(None, description="declared size; the image must be at least this large")
+    hostname: str | None = None
+    firmware: Literal["bios", "uefi"] | None = Field(None, description="default: detected from the "
+                                                     "partition table (GPT with an EFI partition: uefi)")
+    extra_disks: list[Path] = Field(default_factory=list, description="more images of the same server")
+
+
+class SshSource(Model):
+    type: Literal["ssh"]
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key: Path | None = None
+    password: SecretStr | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
+    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
+    sudo: bool = Field(False, description="use sudo for privileged reads when user is not root")
+    quiesce: Literal["none", "fsfreeze", "lvm_snapshot", "services"] = "none"
+    services: list[str] = Field(default_factory=list, description="stopped at cutover, in order")
+
+
+class WinrmSource(Model):
+    type: Literal["winrm"]
+    host: str
+    port: int | None = Field(None, ge=1, le=65535)
+    user: str
+    password: SecretStr
+    transport: Literal["https", "http"] = "https"
+    auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
+    insecure: bool = False
+    vss: bool = True
+    services: list[str] = Field(default_factory=list)
+
+
+class VmSource(Model):
+    """A VM on one of the playbook's providers (ESX to KVM, Hyper-V to ESX, ...)."""
+
+    type: Literal["vm"]
+    provider: str
+    vm: str
+
+
+SourceConfig = Annotated[ImageSource | SshSource | WinrmSource | VmSource, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- target
+
+
+class DiskMap(Model):
+    source: str = Field(description="source disk: /dev/vda, PhysicalDrive0, or an image file name")
+    format: Literal["raw", "qcow2", "vmdk", "vhdx", "vhd"] | None = Field(None, description="default: the "
+                                                                          "target's native format")
+    datastore: str | None = Field(None, description="datastore / storage pool / volume; default: the target's")
+    size: Size | Literal["auto"] = Field("auto", description="auto: the source disk's size")
+    provisioning: Literal["thin", "thick", "eager_zeroed"] = "thin"
+    controller: Literal["virtio", "scsi", "sata", "ide", "nvme"] | None = None
+    boot: bool | None = Field(None, description="default: the first disk boots")
+
+
+class NicMap(Model):
+    source_mac: str | None = Field(None, description="the source NIC this maps; default: by position")
+    network: str | None = Field(None, description="target network / port group / virtual switch")
+    test_network: str | None = Field(None, description="isolated network used by a test cutover")
+    ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | Literal["dhcp", "keep"] = Field(
+        "keep", description="CIDR address, dhcp, or keep the source's")
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default_factory=list)
+    mac: str = Field("keep", description="keep the source MAC, new for a generated one, or a MAC")
+    type: Literal["virtio", "e1000", "e1000e", "vmxnet3", "synthetic", "legacy"] | None = None
+    vlan: int | None = Field(None, ge=0, le=4094)
+
+    @field_validator("source_mac")
+    @classmethod
+    def _source_mac(cls, value: str | None) -> str | None:
+        if value is not None and not MAC_RE.match(value):
+            raise ValueError(f"expected a MAC address like 52:54:00:12:34:56, got {value!r}")
+        return value.lower().replace("-", ":") if value else value
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str) -> str:
+        if value not in ("keep", "new") and not MAC_RE.match(value):
+            raise ValueError(f"expected keep, new or a MAC address, got {value!r}")
+        return value.lower().replace("-", ":")
+
+
+class TargetSpec(Model):
+    provider: str
+    vm_name: str | None = Field(None, pattern=NAME_RE, description="default: the server's name")
+    host: str | None = Field(None, description="target host inside the provider; default: the provider's")
+    cpus: int = Field(2, ge=1, le=768)
+    memory: Size = Field(4 * 1024**3, description="startup memory")
+    firmware: Literal["auto", "bios", "uefi"] = Field("auto", description="auto: as the source")
+    generation: Literal[1, 2] | None = Field(None, description="Hyper-V generation; default from firmware")
+    appliance: Literal["shared", "dedicated", "host"] = Field(
+        "shared", description="shared: one recovery appliance per target host; dedicated: one per server; "
+        "host: write on the hypervisor host itself")
+    datastore: str | None = Field(None, description="where the VM's own files go")
+    folder: str | None = None
+    resource_pool: str | None = None
+    disks: list[DiskMap] = Field(default_factory=list, description="default: every source disk, in order")
+    nics: list[NicMap] = Field(default_factory=list)
+    keep_hostname: bool = True
+    hostname: str | None = Field(None, description="new hostname for the replica")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value < 32 * 1024**2:
+            raise ValueError("memory below 32MiB cannot boot any supported guest; check the unit (e.g. 4GiB)")
+        if value > 24 * 1024**4:
+            raise ValueError("memory above 24TiB exceeds every supported hypervisor")
+        return value
+
+
+class DnsRecord(Model):
+    provider: str
+    name: str
+    type: Literal["A", "AAAA", "CNAME"] = "A"
+    value: str = Field("nic0", description="nicN: the address given to that NIC; or a literal value")
+    ttl: int = Field(300, ge=0, le=604800)
+
+
+class Estimate(Model):
+    """What the dry run assumes about a source it cannot read (an SSH or WinRM host not yet reachable)."""
+
+    disks: list[Size] = Field(default_factory=lambda: [100 * 1024**3], description="disk sizes")
+    used_fraction: float = Field(0.5, ge=0, le=1, description="share of each disk holding data")
+    change_rate: Rate | None = Field(None, description="bytes/s written while it runs; default: simulation's")
+
+
+class Server(Model):
+    name: str = Field(pattern=NAME_RE)
+    source: SourceConfig
+    target: TargetSpec
+    depends_on: list[str] = Field(default_factory=list, description="servers that must cut over first")
+    dns_records: list[DnsRecord] = Field(default_factory=list)
+    mirror: MirrorOptions | None = Field(None, description="overrides defaults.mirror for this server")
+    cutover: CutoverOptions | None = Field(None, description="overrides defaults.cutover for this server")
+    sync: SyncOptions | None = None
+    wave: int | None = Field(None, ge=0, description="cutover wave; lower waves cut over first")
+    estimate: Estimate | None = Field(None, description="dry-run assumptions when the source cannot be read")
+
+    @property
+    def vm_name(self) -> str:
+        return self.target.vm_name or self.name
+
+
+class Playbook(Model):
+    apiVersion: Literal["hvmigrate/v1"]
+    kind: Literal["MigrationPlaybook"]
+    name: str = Field(pattern=NAME_RE)
+    defaults: Defaults = Field(default_factory=Defaults)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    dns: dict[str, DnsConfig] = Field(default_factory=dict)
+    servers: list[Server] = Field(min_length=1)
+
+    # Where the playbook was read from; relative paths in it are relative to this folder.
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Playbook:
+        seen: set[str] = set()
+        for index, server in enumerate(self.servers):
+            if server.name in seen:
+                # A typed error carrying the index lets the loader point at the second server's line.
+                raise PydanticCustomError(
+                    "duplicate_server_name",
+                    "server name '{name}' appears twice; server names must be unique",
+                    {"name": server.name, "index": index},
+                )
+            seen.add(server.name)
+        return self
+
+    def server(self, name: str) -> Server:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
+
+    def mirror_for(self, server: Server) -> MirrorOptions:
+        return server.mirror or self.defaults.mirror
+
+    def cutover_for(self, server: Server) -> CutoverOptions:
+        return server.cutover or self.defaults.cutover
+
+    def sync_for(self, server: Server) -> SyncOptions:
+        return server.sync or self.defaults.sync

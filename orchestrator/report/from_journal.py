@@ -1,0 +1,150 @@
+"""Turn what the journal recorded into a RunReport, and tell each server's state in one word.
+
+`migrate status` and `migrate report` both read from here, so the terminal, JSON, Markdown and HTML views
+of a run can never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from orchestrator.journal import Journal, StepRecord
+from orchestrator.planner import Plan
+from orchestrator.playbook.models import Playbook, Server
+from orchestrator.report.model import FindingView, RunReport, ServerSummary, StepTiming, utc_now_iso
+
+DATA_KINDS = ("mirror", "sync", "final_sync")
+
+
+def server_state(records: dict[str, StepRecord], server: str) -> str:
+    """One word for where a server is: failed, cut over, ready for cutover, replicating, planned."""
+    mine = {r.kind: r for r in records.values() if r.server == server and r.kind != "cleanup_on_error"}
+    states = {r.state for r in mine.values()}
+    if "failed" in states:
+        return "failed"
+    if "running" in states:
+        running = sorted(k for k, r in mine.items() if r.state == "running")
+        return f"running {', '.join(running)}"
+    last = [
+        k
+        for k in ("verify_replica", "remap_nics", "mirror", "discover_source")
+        if k in mine and mine[k].state == "done"
+    ]
+    if not last:
+        return "undone" if "undone" in states else "planned"
+    return {
+        "verify_replica": "cut over",
+        "remap_nics": "ready for cutover",
+        "mirror": "replicating",
+        "discover_source": "preparing",
+    }[last[0]]
+
+
+def _source_label(server: Server) -> str:
+    source = server.source
+    where = getattr(source, "host", None) or getattr(source, "path", None) or getattr(source, "vm", "")
+    return f"{source.type}:{where}"
+
+
+def build_run_report(
+    plan: Plan,
+    playbook: Playbook,
+    journal: Journal,
+    *,
+    playbook_path: str,
+    findings: list[FindingView] | None = None,
+) -> RunReport:
+    records = journal.steps()
+    starts = [r.started_at for r in records.values() if r.started_at]
+    origin = min(starts) if starts else time.time()
+    ends = [r.ended_at or time.time() for r in records.values() if r.started_at]
+    steps: list[StepTiming] = []
+    for node in plan.steps():
+        record = records.get(node.id)
+        if record is None or (node.phase == "cleanup" and record.state == "pending"):
+            continue
+        output = record.output or {}
+        steps.append(
+            StepTiming(
+                step_id=node.id,
+                server=node.server,
+                kind=node.kind,
+                phase=node.phase,
+                state=record.state,
+                start=record.started_at - origin if record.started_at else None,
+                end=record.ended_at - origin if record.ended_at and record.state != "running" else None,
+                bytes=int(output.get("bytes_written", 0)),
+                attempts=record.attempts,
+                message=record.error or "",
+            )
+        )
+
+    servers = [_server_summary(server, records, journal) for server in playbook.servers]
+    runs = journal.runs()
+    return RunReport(
+        kind="run",
+        title=f"{playbook.name}: migration run",
+        playbook=playbook_path,
+        plan_hash=plan.hash,
+        generated_at=utc_now_iso(),
+        started_at=datetime.fromtimestamp(origin, UTC).isoformat(timespec="seconds") if starts else None,
+        duration=(max(ends) - origin) if ends else 0.0,
+        servers=servers,
+        steps=steps,
+        findings=findings or [],
+        bytes_moved=sum(s.bytes_moved for s in servers),
+        peak_bandwidth=_peak(steps),
+        bandwidth_series=_series(steps),
+        critical_path=[],
+        notes=[f"{len(runs)} command run(s) recorded; last: {runs[-1]['command']} ({runs[-1]['status']})"]
+        if runs
+        else [],
+    )
+
+
+def _server_summary(server: Server, records: dict[str, StepRecord], journal: Journal) -> ServerSummary:
+    name = server.name
+    mine = {r.kind: r for r in records.values() if r.server == name}
+    disks = (mine.get("create_disks").output or {}).get("disks", []) if "create_disks" in mine else []
+    moved = sum(int((mine[k].output or {}).get("bytes_written", 0)) for k in DATA_KINDS if k in mine)
+    started = [r.started_at for r in mine.values() if r.started_at]
+    ended = [r.ended_at for r in mine.values() if r.ended_at]
+    down_from = mine.get("shutdown_source") or mine.get("quiesce_source")
+    up = mine.get("verify_replica")
+    measured = None
+    if down_from and down_from.started_at and up and up.state == "done" and up.ended_at:
+        measured = up.ended_at - down_from.started_at
+    last_pass = journal.load_checkpoint(f"{name}/last_pass")
+    counted = [r for r in mine.values() if r.kind != "cleanup_on_error"]
+    return ServerSummary(
+        name=name,
+        source=_source_label(server),
+        target=f"{server.target.provider}/{server.vm_name}",
+        state=server_state(records, name),
+        steps_done=sum(r.state == "done" for r in counted),
+        steps_total=len(counted),
+        bytes_total=sum(int(d["disk"]["size"]) for d in disks),
+        bytes_moved=moved,
+        duration=(max(ended) - min(started)) if started and ended else None,
+        downtime_measured=measured,
+        lag=(time.time() - last_pass["finished_at"]) if last_pass else None,
+    )
+
+
+def _series(steps: list[StepTiming]) -> list[tuple[float, float]]:
+    """Average rate of each data step over its span, summed: a step function of bandwidth over time."""
+    edges: list[tuple[float, float]] = []
+    for step in steps:
+        if step.kind in DATA_KINDS and step.start is not None and step.end and step.end > step.start:
+            rate = step.bytes / (step.end - step.start)
+            edges += [(step.start, rate), (step.end, -rate)]
+    series, level = [], 0.0
+    for t, delta in sorted(edges):
+        level += delta
+        series.append((t, max(0.0, level)))
+    return series
+
+
+def _peak(steps: list[StepTiming]) -> float:
+    return max((rate for _, rate in _series(steps)), default=0.0)

@@ -1,0 +1,113 @@
+"""The replica VM: defined from the target spec around the mirrored disks, powered on, and checked."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from orchestrator.steps.base import Step, StepContext, StepFailed
+from orchestrator.steps.common import facts, optional_output, replica_disks, step_id
+from providers.base import NicRequest, NotFound, VmRef, VmRequest
+
+
+def _vm(ctx: StepContext) -> VmRef:
+    return VmRef(**ctx.output(step_id(ctx, "create_replica"))["vm"])
+
+
+class CreateReplica(Step):
+    kind = "create_replica"
+    retryable = True
+    transient = True
+    description = "define the replica VM (CPUs, memory, firmware, disks, NICs) on the target"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        server, source = ctx.server, facts(ctx)
+        target = server.target
+        nics = (optional_output(ctx, "remap_nics") or {}).get("nics", [])
+        firmware = source.firmware if target.firmware == "auto" else target.firmware
+        request = VmRequest(
+            name=server.vm_name,
+            host=target.host,
+            cpus=target.cpus,
+            memory=target.memory,
+            firmware=firmware,
+            disks=tuple(disk for _, disk in replica_disks(ctx)),
+            nics=tuple(
+                NicRequest(network=n["network"], mac=n["mac"], model=n["model"], vlan=n["vlan"]) for n in nics
+            ),
+            generation=target.generation or (2 if firmware == "uefi" else 1),
+            datastore=target.datastore,
+            tags={"hvmigrate.server": server.name, "hvmigrate.playbook": ctx.playbook.name},
+        )
+        provider = ctx.provider(target.provider)
+        ctx.record_resource("vm", target.provider, {"name": request.name})
+        vm = provider.find_vm(request.name) or provider.create_vm(request)
+        ctx.event(
+            f"replica {vm.name} defined: {target.cpus} vCPU, {target.memory} B, {firmware}, "
+            f"{len(request.disks)} disk(s), {len(request.nics)} NIC(s)"
+        )
+        return {"vm": asdict(vm)}
+
+    def undo(self, ctx: StepContext) -> None:
+        for resource in reversed(ctx.resources()):
+            provider = ctx.provider(resource.provider)
+            vm = provider.find_vm(resource.ref["name"])
+            if vm is not None:
+                try:
+                    provider.power_off(vm, force=True)
+                    provider.delete_vm(vm)
+                except NotFound:
+                    pass
+            ctx.forget_resource(resource)
+
+
+class PowerOnReplica(Step):
+    kind = "power_on_replica"
+    retryable = True
+    transient = True
+    description = "power the replica on"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        vm = _vm(ctx)
+        ctx.provider(ctx.server.target.provider).power_on(vm)
+        return {"powered_on": True}
+
+    def undo(self, ctx: StepContext) -> None:
+        try:
+            vm = _vm(ctx)
+        except KeyError:
+            return
+        provider = ctx.provider(ctx.server.target.provider)
+        if provider.find_vm(vm.name) is not None:
+            provider.power_off(vm, force=True)
+
+
+class VerifyReplica(Step):
+    kind = "verify_replica"
+    retryable = True
+    description = "wait until the replica answers, and check it came up as the server it should be"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        cutover = ctx.playbook.cutover_for(ctx.server)
+        report = ctx.provider(ctx.server.target.provider).wait_booted(_vm(ctx), cutover.boot_timeout)
+        if not report.running:
+            raise StepFailed(f"replica {ctx.server.vm_name} did not come up: {report.detail}")
+        expected = (optional_output(ctx, "stage_system_state") or {}).get("hostname")
+        if expected and report.hostname and report.hostname != expected:
+            raise StepFailed(f"replica reports hostname {report.hostname!r}, expected {expected!r}")
+        wanted = {
+            n["ip"]
+            for n in (optional_output(ctx, "remap_nics") or {}).get("nics", [])
+            if n["ip"] not in ("dhcp", "keep")
+        }
+        missing = sorted(wanted - set(report.addresses))
+        if missing and report.addresses:
+            raise StepFailed(f"replica came up without address(es) {', '.join(missing)}")
+        ctx.event(
+            f"replica up: hostname {report.hostname or '?'}, addresses "
+            f"{', '.join(report.addresses) or 'unknown'}; {report.detail}"
+        )
+        return {"hostname": report.hostname, "addresses": list(report.addresses), "detail": report.detail}
+
+    def undo(self, ctx: StepContext) -> None:
+        """Checking creates nothing."""

@@ -1,0 +1,293 @@
+"""The Provider and Source protocols and the value types that cross them.
+
+Steps talk only to these protocols, so a step never knows which hypervisor it drives and a provider never
+knows which step calls it (virt-v2v's input/output split). Value types are plain frozen dataclasses that
+round-trip through JSON, because every one of them ends up in the journal as a step output or a created
+resource and must be rebuilt from there after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Firmware = Literal["bios", "uefi"]
+
+
+class ProviderError(Exception):
+    """A hypervisor refused or failed an operation; the message says what to do about it."""
+
+    retryable: bool = False
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying: a timeout, a busy host, a dropped session."""
+
+    retryable = True
+
+
+class NotFound(ProviderError):
+    """The object is gone; undo treats this as already done."""
+
+
+# ---------------------------------------------------------------- inventory
+
+
+@dataclass(frozen=True)
+class DatastoreInfo:
+    name: str
+    capacity: int
+    free: int
+    accessible: bool = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the target platform allows; validation checks plans against these."""
+
+    max_nics: int = 16
+    max_disks_per_appliance: int = 60
+    firmware: tuple[str, ...] = ("bios", "uefi")
+    disk_formats: tuple[str, ...] = ("raw",)
+    native_format: str = "raw"
+    max_memory: int | None = None  # bytes one VM can be given on the target host; None when unknown
+
+
+@dataclass(frozen=True)
+class Inventory:
+    provider: str
+    type: str
+    hosts: tuple[str, ...]
+    datastores: dict[str, DatastoreInfo]
+    networks: tuple[str, ...]
+    vms: tuple[str, ...]
+    limits: Limits = field(default_factory=Limits)
+    default_datastore: str | None = None
+
+
+# ---------------------------------------------------------------- source facts
+
+
+@dataclass(frozen=True)
+class SourceDisk:
+    name: str  # how the playbook names it: /dev/vda, PhysicalDrive0, web01.raw
+    size: int
+    used: int | None = None  # bytes known to hold data, when the source can tell
+    partition_table: Literal["mbr", "gpt", "none"] = "none"
+    filesystems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceNic:
+    name: str
+    mac: str
+    addresses: tuple[str, ...] = ()  # CIDR strings
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    hostname: str
+    os: str  # "linux", "windows", "unknown"
+    os_detail: str
+    firmware: Firmware
+    disks: tuple[SourceDisk, ...]
+    nics: tuple[SourceNic, ...] = ()
+
+    def disk(self, name: str) -> SourceDisk:
+        for disk in self.disks:
+            if disk.name == name:
+                return disk
+        known = ", ".join(d.name for d in self.disks) or "none"
+        raise KeyError(f"source has no disk {name!r} (it has: {known})")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceFacts:
+        return cls(
+            hostname=data["hostname"],
+            os=data["os"],
+            os_detail=data["os_detail"],
+            firmware=data["firmware"],
+            disks=tuple(
+                SourceDisk(**{**d, "filesystems": tuple(d.get("filesystems", ()))}) for d in data["disks"]
+            ),
+            nics=tuple(SourceNic(**{**n, "addresses": tuple(n.get("addresses", ()))}) for n in data["nics"]),
+        )
+
+
+# ---------------------------------------------------------------- target objects
+
+
+@dataclass(frozen=True)
+class DiskRequest:
+    name: str  # unique on the target: "<vm>-disk0"
+    size: int
+    format: str
+    datastore: str | None
+    provisioning: str = "thin"
+
+
+@dataclass(frozen=True)
+class DiskRef:
+    provider: str
+    id: str  # provider's handle: a path, a volume key, a VMDK path
+    name: str
+    size: int
+    format: str
+    datastore: str
+
+
+@dataclass(frozen=True)
+class ApplianceRef:
+    provider: str
+    id: str
+    name: str
+    host: str
+
+
+@dataclass(frozen=True)
+class DiskEndpoint:
+    """Where the data plane writes one replica disk.
+
+    ``kind`` file: a raw file or device path on ``host`` ("local" for this machine); nbd: ``path`` is an
+    NBD URI; block: a device inside an appliance reached over ``transport``.
+    """
+
+    kind: Literal["file", "block", "nbd"]
+    path: str
+    size: int
+    host: str = "local"
+    transport: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NicRequest:
+    network: str
+    mac: str | None  # None: let the hypervisor generate one
+    model: str | None = None
+    vlan: int | None = None
+
+
+@dataclass(frozen=True)
+class VmRequest:
+    name: str
+    host: str | None
+    cpus: int
+    memory: int
+    firmware: Firmware
+    disks: tuple[DiskRef, ...]
+    nics: tuple[NicRequest, ...]
+    generation: int | None = None
+    datastore: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VmRef:
+    provider: str
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class BootReport:
+    """What a booted replica told us about itself (heartbeat, console, guest tools)."""
+
+    running: bool
+    hostname: str | None = None
+    addresses: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def ref_to_json(ref: Any) -> dict[str, Any]:
+    return asdict(ref)
+
+
+# ---------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """A hypervisor (or a cluster behind one endpoint) that migrated servers land on."""
+
+    name: str
+    type: str
+
+    def inventory(self) -> Inventory: ...
+
+    def host_for(self, requested: str | None) -> str:
+        """The target host a VM lands on; it names the concurrency slot and the shared appliance."""
+        ...
+
+    def provision_appliance(self, host: str, name: str) -> ApplianceRef: ...
+
+    def find_appliance(self, host: str, name: str) -> ApplianceRef | None: ...
+
+    def release_appliance(self, appliance: ApplianceRef) -> None: ...
+
+    def create_disk(self, request: DiskRequest) -> DiskRef: ...
+
+    def find_disk(self, request: DiskRequest) -> DiskRef | None: ...
+
+    def delete_disk(self, disk: DiskRef) -> None: ...
+
+    def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
+        """Make a disk writable by the data plane; ``None`` appliance means write on the host itself."""
+        ...
+
+    def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None: ...
+
+    def create_vm(self, request: VmRequest) -> VmRef: ...
+
+    def find_vm(self, name: str) -> VmRef | None: ...
+
+    def delete_vm(self, vm: VmRef) -> None: ...
+
+    def power_on(self, vm: VmRef) -> None: ...
+
+    def power_off(self, vm: VmRef, *, force: bool = False) -> None: ...
+
+    def wait_booted(self, vm: VmRef, timeout: float) -> BootReport: ...
+
+    def close(self) -> None: ...
+
+
+class DiskReader(Protocol):
+    """Random-access read of one source disk; the mirror reads it chunk by chunk."""
+
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def allocated_ranges(self) -> Iterator[tuple[int, int]] | None:
+        """(offset, length) ranges that may hold data, when the source knows (sparse files); else None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A running server (or image of one) that is only ever read, and at cutover maybe shut down."""
+
+    name: str
+    host: str  # names the per-source-host concurrency slot
+
+    def discover(self) -> SourceFacts: ...
+
+    def open_disk(self, name: str) -> DiskReader: ...
+
+    def quiesce(self) -> None: ...
+
+    def thaw(self) -> None: ...
+
+    def shutdown(self, timeout: float, force: bool) -> None: ...
+
+    def start(self) -> None:
+        """Power the source back on (undo of a failed cutover)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install everything the tests need (Debian packages, .venv with test extras), then run every test.
+# Services the tests use (BIND, sshd, libvirtd, vcsim as they arrive) are started by tests/services/
+# fixtures, never by hand. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packages=(e2fsprogs bind9 bind9-utils)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${missing[@]}" >/dev/null
+  else
+    echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
+  fi
+fi
+scripts/bootstrap.sh test
+.venv/bin/ruff check orchestrator providers tests bench
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
