@@ -18,7 +18,7 @@ from rich.console import Console
 from orchestrator import __version__
 
 console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one error, one line, even in a pipe
 
 STATE_HELP = "where the journal lives (default: .hvmigrate/ beside the playbook)"
 EPILOG = """\b

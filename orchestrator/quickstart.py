@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,18 @@ class LinuxIdentity:
     dns: str = "10.0.0.2"
 
 
+LINUX_FILESYSTEM = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
+EFI_SYSTEM = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")
+
+
+@dataclass(frozen=True)
+class GptPartition:
+    offset: int
+    size: int
+    type: uuid.UUID = LINUX_FILESYSTEM
+    name: str = ""
+
+
 @dataclass(frozen=True)
 class MbrPartition:
     offset: int
@@ -104,6 +117,72 @@ def write_mbr(path: Path, partitions: list[MbrPartition], disk_signature: int) -
     sector[510:512] = b"\x55\xaa"
     with open(path, "r+b") as handle:
         handle.write(sector)
+
+
+def write_gpt(path: Path, partitions: list[GptPartition], disk_guid: uuid.UUID) -> None:
+    """A GUID partition table (UEFI layout): protective MBR, primary and backup headers, CRCs and all."""
+    sectors = path.stat().st_size // SECTOR
+    entries = bytearray(128 * 128)
+    for index, part in enumerate(partitions):
+        unique = uuid.uuid5(disk_guid, f"partition-{index + 1}")
+        name = part.name.encode("utf-16-le")[:72].ljust(72, b"\x00")
+        struct.pack_into(
+            "<16s16sQQQ72s",
+            entries,
+            index * 128,
+            part.type.bytes_le,
+            unique.bytes_le,
+            part.offset // SECTOR,
+            (part.offset + part.size) // SECTOR - 1,
+            0,
+            name,
+        )
+    entries_crc = zlib.crc32(entries)
+
+    def header(current: int, backup: int, entries_lba: int) -> bytes:
+        fields = [
+            b"EFI PART",
+            0x00010000,
+            92,
+            0,
+            0,
+            current,
+            backup,
+            34,
+            sectors - 34,
+            disk_guid.bytes_le,
+            entries_lba,
+            128,
+            128,
+            entries_crc,
+        ]
+        raw = bytearray(struct.pack("<8sIIIIQQQQ16sQIII", *fields))
+        struct.pack_into("<I", raw, 16, zlib.crc32(raw))
+        return bytes(raw).ljust(SECTOR, b"\x00")
+
+    protective = bytearray(SECTOR)
+    struct.pack_into(
+        "<B3sB3sII",
+        protective,
+        446,
+        0,
+        b"\x00\x02\x00",
+        0xEE,
+        b"\xff\xff\xff",
+        1,
+        min(sectors - 1, 0xFFFFFFFF),
+    )
+    protective[510:512] = b"\x55\xaa"
+    with open(path, "r+b") as handle:
+        for lba, data in (
+            (0, bytes(protective)),
+            (1, header(1, sectors - 1, 2)),
+            (2, bytes(entries)),
+            (sectors - 33, bytes(entries)),
+            (sectors - 1, header(sectors - 1, 1, sectors - 33)),
+        ):
+            handle.seek(lba * SECTOR)
+            handle.write(data)
 
 
 def make_ext4(image: Path, offset: int, size: int, tree: Tree, *, fs_uuid: uuid.UUID, label: str) -> None:
@@ -284,7 +363,7 @@ def build_app01(path: Path) -> None:
         None,
         LinuxIdentity("app01", "52:54:00:00:01:03", "10.0.0.13/24"),
         {
-            "/opt/app/app.py": b"import os\nprint('app01 talks to', os.environ.get('DB', 'db01.corp.test'))\n",
+            "/opt/app/app.py": b"import os\nprint('app01 uses', os.environ.get('DB', 'db01.corp.test'))\n",
             "/opt/app/config.yaml": b"database: db01.corp.test\nlisten: 0.0.0.0:8080\n",
             "/opt/app/model.bin": rng.randbytes(2 * MiB),
             "/var/log/app/app.log": repeated_text("INFO request served in 3ms", 2 * MiB),

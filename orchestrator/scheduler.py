@@ -31,12 +31,27 @@ def capacities(limits: Limits) -> dict[str, int]:
 def bottom_levels(
     graph: nx.DiGraph, selected: Iterable[str], cost: Mapping[str, float] | None = None
 ) -> dict[str, float]:
-    """Longest remaining path (by cost) from each node to the end: steps on long chains go first."""
+    """Longest remaining path (by cost) from each node to the end: steps on long chains go first.
+
+    Kahn's algorithm from the sinks up over the graph's own adjacency dicts: a topological sort of a
+    ``subgraph`` view filters every neighbour lookup and took seconds on a 200,000-step plan.
+    """
     chosen = set(selected)
+    succ, pred = graph.succ, graph.pred
+    remaining = {node: sum(1 for s in succ[node] if s in chosen) for node in chosen}
+    todo = [node for node, count in remaining.items() if count == 0]
     level: dict[str, float] = {}
-    for node in reversed(list(nx.topological_sort(graph.subgraph(chosen)))):
-        below = max((level[s] for s in graph.successors(node) if s in level), default=0.0)
+    while todo:
+        node = todo.pop()
+        below = max((level[s] for s in succ[node] if s in chosen), default=0.0)
         level[node] = below + (cost.get(node, 1.0) if cost else 1.0)
+        for p in pred[node]:
+            if p in chosen:
+                remaining[p] -= 1
+                if remaining[p] == 0:
+                    todo.append(p)
+    if len(level) != len(chosen):
+        raise nx.NetworkXUnfeasible("the selected steps form a cycle")
     return level
 
 

@@ -280,7 +280,7 @@ _rule(
     "nic.unmapped_source",
     W,
     "source NICs without a map lose their addresses at cutover",
-    "map {nics} in target.nics, or disable them on the source",
+    "map {nics} in target.nics, or disable what is unused on the source",
     f"{_CARBONITE}, Target compatibility: Network adapters",
     needs=FACTS,
 )
@@ -296,7 +296,7 @@ _rule(
     "dns.nic_missing",
     C,
     "a DNS record points at a NIC the server does not have",
-    "use nic0..nic{last} or a literal address",
+    "use {choices}, or write the address itself as the value",
 )
 _rule(
     "dns.address_unknown",
@@ -305,7 +305,12 @@ _rule(
     "give {nic} a static ip: (CIDR), or write the address as the record's value",
     needs=FACTS,
 )
-_rule("dns.bad_value", C, "a DNS record's value does not fit its type", "{hint}")
+_rule(
+    "dns.bad_value",
+    C,
+    "a DNS record's value does not fit its type",
+    "match the value to the record type: {hint}",
+)
 
 _rule(
     "firmware.unsupported",
@@ -731,6 +736,7 @@ def check_unknown_dns_providers(context: Context) -> Iterator[Finding]:
 @check
 def check_dependency_names(context: Context) -> Iterator[Finding]:
     names = [s.name for s in context.playbook.servers]
+    known = set(names)
     for path, server in context.servers():
         for index, dependency in enumerate(server.depends_on):
             where = (*path, "depends_on", index)
@@ -742,7 +748,7 @@ def check_dependency_names(context: Context) -> Iterator[Finding]:
                     server=server.name,
                     name=dependency,
                 )
-            elif dependency not in names:
+            elif dependency not in known:
                 yield context.finding(
                     "deps.unknown_server",
                     f"{server.name} depends on {dependency!r}, which is not a server of this playbook",
@@ -928,7 +934,7 @@ def check_disk_map(context: Context) -> Iterator[Finding]:
         if len(boots) > 1:
             yield context.finding(
                 "disk.boot_conflict",
-                f"{server.name}: target.disks {', '.join(f'[{i}]' for i in boots)} are all marked boot: true",
+                f"{server.name}: {' and '.join(f'target.disks[{i}]' for i in boots)} are marked boot: true",
                 path=(*path, "target", "disks", boots[1], "boot"),
                 server=server.name,
             )
@@ -1026,12 +1032,14 @@ def check_datastore_space(context: Context) -> Iterator[Finding]:
         if needed <= free:
             continue
         servers = list(dict.fromkeys(d.server for d in disks))
+        who = f"{_names(servers)} {'needs' if len(servers) == 1 else 'need'}"
         at_least = "at least " if len(known) < len(disks) else ""
+        disks_text = f"{len(disks)} disk{'s' if len(disks) > 1 else ''}"
         yield context.finding(
             "datastore.free_space",
-            f"datastore {name} on {provider} has {format_size(free)} free; {_names(servers)} need "
-            f"{at_least}{format_size(needed)} there ({format_size(planned)} for {len(disks)} "
-            f"disk{'s' if len(disks) > 1 else ''} + {DATASTORE_HEADROOM:.0%} headroom)",
+            f"datastore {name} on {provider} has {format_size(free)} free; {who} {at_least}"
+            f"{format_size(needed)} there ({format_size(planned)} for {disks_text} + "
+            f"{DATASTORE_HEADROOM:.0%} headroom)",
             path=disks[0].datastore_path,
             server=servers[0] if len(servers) == 1 else None,
             missing=format_size(needed - free),
@@ -1268,7 +1276,7 @@ def check_dns_values(context: Context) -> Iterator[Finding]:
                     f"{label}: the server has {have}",
                     path=where,
                     server=server.name,
-                    last=max(len(nics) - 1, 0),
+                    choices=_nic_choices(len(nics)),
                 )
                 continue
             yield from _dns_nic_address(context, label, where, server, number, record.type, facts)
@@ -1314,6 +1322,12 @@ def _dns_nic_address(
             server=server.name,
             nic=f"target.nics[{number}]",
         )
+
+
+def _nic_choices(count: int) -> str:
+    if count == 0:
+        return "a NIC added to target.nics"
+    return "nic0" if count == 1 else f"nic0..nic{count - 1}"
 
 
 def _version(cidr: str) -> int | None:

@@ -10,6 +10,7 @@ compared: a write that did not land is an error, whatever debugfs said.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import posixpath
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+_COPY_BLOCK = 4 * 1024 * 1024
 _SYMLINK_HOPS = 40  # as the Linux kernel's MAXSYMLINKS
 _TIMEOUT = 120.0
 _EXT_INCOMPAT_RECOVER = 0x4
@@ -34,6 +36,10 @@ _INODE_TYPES: dict[str, InodeType] = {"regular": "regular", "directory": "direct
 
 class GuestFsError(Exception):
     """The guest filesystem could not be read or changed; the message says what to check."""
+
+
+class ToolMissing(GuestFsError):
+    """e2fsprogs is not installed: not a property of the guest, so never read as "no Linux here"."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def e2fs_tool(name: str) -> str:
         (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if p.exists()), None
     )
     if not found:
-        raise GuestFsError(f"{name} not found: install e2fsprogs (apt-get install e2fsprogs)")
+        raise ToolMissing(f"{name} not found: install e2fsprogs (apt-get install e2fsprogs)")
     return found
 
 
@@ -148,18 +154,74 @@ class ExtFs:
     # ------------------------------------------------------------ writing
 
     def replay_journal(self) -> None:
-        """Bring a crash-consistent copy to a consistent state before editing it, as mounting would."""
+        """Bring a crash-consistent copy to a consistent state before editing it, as mounting would.
+
+        Every replica of a running source has this flag (a mounted ext4 carries it on disk), and editing
+        it without a replay would let the guest's first mount replay stale metadata over our edits.
+        e2fsck loses the ``?offset=`` option when it re-opens the filesystem after a replay, so a
+        filesystem inside a partition is replayed in a sparse copy of just that partition, and only the
+        blocks the replay changed are written back.
+        """
+        with self._locked(exclusive=True):
+            if self.offset == 0:
+                self._e2fsck_journal_only(self.image)
+            else:
+                self._replay_in_window()
+        if self.needs_recovery():
+            raise GuestFsError(
+                f"{self.spec}: journal replay left the filesystem needing recovery; run "
+                "e2fsck -f on the image by hand"
+            )
+
+    def _e2fsck_journal_only(self, image: Path) -> None:
         result = subprocess.run(
-            [e2fs_tool("e2fsck"), "-p", "-E", "journal_only", self.spec],
+            [e2fs_tool("e2fsck"), "-p", "-E", "journal_only", str(image)],
             capture_output=True,
             timeout=_TIMEOUT,
             check=False,
         )
-        if result.returncode not in (0, 1) or self.needs_recovery():
+        if result.returncode not in (0, 1):
             raise GuestFsError(
                 f"{self.spec}: journal replay failed (e2fsck exit {result.returncode}): "
                 f"{_stderr(result)}; run e2fsck -f on the image by hand"
             )
+
+    def _replay_in_window(self) -> None:
+        length = self.filesystem_size()
+        window = self.image.with_name(f".{self.image.name}.replay-{os.getpid()}")
+        try:
+            with open(self.image, "rb") as src, open(window, "wb") as dst:
+                dst.truncate(length)
+                for offset, size in _data_ranges(src.fileno(), self.offset, length):
+                    for start in range(offset, offset + size, _COPY_BLOCK):
+                        count = min(_COPY_BLOCK, offset + size - start)
+                        os.pwrite(dst.fileno(), os.pread(src.fileno(), count, self.offset + start), start)
+            self._e2fsck_journal_only(window)
+            with open(window, "rb") as replayed, open(self.image, "r+b") as dst:
+                for offset, size in _data_ranges(replayed.fileno(), 0, length):
+                    for start in range(offset, offset + size, _COPY_BLOCK):
+                        count = min(_COPY_BLOCK, offset + size - start)
+                        new = os.pread(replayed.fileno(), count, start)
+                        if os.pread(dst.fileno(), count, self.offset + start) != new:
+                            os.pwrite(dst.fileno(), new, self.offset + start)
+                os.fsync(dst.fileno())
+        finally:
+            window.unlink(missing_ok=True)
+
+    def filesystem_size(self) -> int:
+        """Bytes the filesystem spans, from its superblock (block count times block size)."""
+        with open(self.image, "rb") as handle:
+            handle.seek(self.offset + 1024)
+            superblock = handle.read(1024)
+        if len(superblock) < 1024 or superblock[56:58] != b"\x53\xef":
+            raise GuestFsError(f"{self.spec}: no ext2/3/4 superblock here")
+        blocks_lo, log_block = (
+            struct.unpack_from("<I", superblock, 4)[0],
+            struct.unpack_from("<I", superblock, 24)[0],
+        )
+        incompat = struct.unpack_from("<I", superblock, 0x60)[0]
+        blocks_hi = struct.unpack_from("<I", superblock, 0x150)[0] if incompat & 0x80 else 0
+        return ((blocks_hi << 32) | blocks_lo) * (1024 << log_block)
 
     def write_files(self, files: Sequence[tuple[str, bytes, int]]) -> None:
         """Create or replace regular files (path, data, mode) owned by root, creating parent directories."""
@@ -229,20 +291,42 @@ class ExtFs:
         args += ["-w"] if writable else []
         env = {**os.environ, "DEBUGFS_PAGER": "__none__", "PAGER": "__none__"}
         with tempfile.NamedTemporaryFile("w", prefix="hvmigrate-debugfs-", suffix=".cmd") as script:
-            script.write("\n".join(commands) + "\n")
-            script.flush()
+            # -f echoes each command on stdout, which would corrupt a `cat`: one command goes by -R.
+            if len(commands) == 1:
+                args += ["-R", commands[0]]
+            else:
+                script.write("\n".join(commands) + "\n")
+                script.flush()
+                args += ["-f", script.name]
             with self._locked(writable):
                 result = subprocess.run(
-                    [*args, "-f", script.name, self.spec],
-                    capture_output=True,
-                    timeout=_TIMEOUT,
-                    env=env,
-                    check=False,
+                    [*args, self.spec], capture_output=True, timeout=_TIMEOUT, env=env, check=False
                 )
         err = _stderr(result)
         if "while trying to open" in err or "Filesystem not open" in err:
             raise GuestFsError(f"{self.spec}: not an ext2/3/4 filesystem debugfs can open ({err})")
         return result
+
+
+def _data_ranges(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:
+    """(offset from ``start``, length) of the data extents in [start, start+length); all of it if unknown."""
+    end = start + length
+    position = start
+    while position < end:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield position - start, end - position
+                return
+            raise
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data - start, hole - data
+        position = hole
 
 
 def _quote(path: str) -> str:

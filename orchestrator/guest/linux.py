@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from .disk_layout import DiskLayout, filesystems_of, read_layout
-from .extfs import ExtFs, GuestFsError, check_clean
+from .extfs import ExtFs, GuestFsError, ToolMissing, check_clean
 
 __all__ = [
     "GuestEdit",
@@ -32,7 +32,11 @@ __all__ = [
     "RootFs",
     "apply_edits",
     "check_clean",
+    "disk_layout",
     "find_linux_root",
+    "interface_name",
+    "link_rules",
+    "merge_hosts",
     "os_release",
     "parse_interfaces",
     "parse_link_file",
@@ -105,8 +109,10 @@ def find_linux_root(disk_path: Path | str) -> RootFs | None:
         fs = ExtFs(disk_path, offset)
         try:
             has_marker = any(fs.stat(marker) is not None for marker in _ROOT_MARKERS)
+        except ToolMissing:
+            raise
         except GuestFsError:
-            continue
+            continue  # a damaged filesystem is not the root we can stage
         if has_marker:
             return RootFs(disk_path, offset, fstype, numbers.get(offset))
     return None

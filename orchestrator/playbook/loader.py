@@ -39,7 +39,7 @@ from .models import NAME_RE, Playbook
 
 Loc = tuple[str | int, ...]
 
-MAX_VALUES = 1_000_000  # after alias expansion; a "billion laughs" file stops here
+MAX_VALUES = 250_000  # after alias expansion (a wave of 1000 servers is ~50k); a "billion laughs" stops here
 EXTENSION_PREFIX = "x-"  # top-level keys ignored by validation: a place for YAML anchors, as in Compose files
 _SECRET_REFERENCE = re.compile(r"^\s*\$\{(env|file):[^}]+\}\s*$")  # a reference names a secret, it is none
 _SHOWN_MAX = 40  # longer inputs are not echoed: they are more likely pasted credentials than typos
@@ -66,6 +66,9 @@ class PlaybookError(Exception):
     def __init__(self, errors: list[PlaybookIssue]) -> None:
         self.errors = sorted(errors, key=lambda issue: (issue.line, issue.col))
         super().__init__("\n".join(str(issue) for issue in self.errors))
+
+    def __reduce__(self) -> tuple[type[PlaybookError], tuple[list[PlaybookIssue]]]:
+        return PlaybookError, (self.errors,)  # survives pickling (process pools, multiprocessing)
 
 
 @dataclass
@@ -201,6 +204,7 @@ _FLOAT_TAG = "tag:yaml.org,2002:float"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -274,7 +278,7 @@ class _Builder:
         finally:
             if loader is not None:
                 loader.dispose()
-        if root is None:
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL_TAG):
             self.issue(None, (), "the playbook is empty; it needs apiVersion, kind, name and servers")
             return None
         if not isinstance(root, yaml.MappingNode) or root.tag != _MAP_TAG:
@@ -869,7 +873,7 @@ def _strip_prefix(message: str) -> str:
 
 
 def _did_you_mean(value: Any, choices: list[Any]) -> str:
-    if not isinstance(value, str) or not choices:
+    if not isinstance(value, str) or len(choices) < 2:  # a single choice is already named by "expected"
         return ""
     names = {str(choice): choice for choice in choices}
     close = difflib.get_close_matches(value, list(names), n=1, cutoff=0.6)

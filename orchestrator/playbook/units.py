@@ -44,13 +44,15 @@ def parse_size(value: Any) -> int:
     """Bytes from ``4GiB``, ``512 MB``, ``1.5TiB`` or an integer."""
     if isinstance(value, bool):
         raise ValueError("expected a size such as 4GiB or 512MiB, got a boolean")
+    number: int | float
     if isinstance(value, int | float):
-        number = float(value)
+        number = value  # an int stays exact: float() would round sizes above 2**53 bytes
     elif isinstance(value, str):
         match = _SIZE_RE.match(value)
         if not match or match.group(2).lower() not in _UNITS:
             raise ValueError(f"expected a size such as 4GiB, 512MiB or 100GB, got {value!r}")
-        number = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        digits, factor = match.group(1), _UNITS[match.group(2).lower()]
+        number = int(digits) * factor if "." not in digits else float(digits) * factor
     else:
         raise ValueError(f"expected a size such as 4GiB, got {_kind(value)}")
     if math.isnan(number):

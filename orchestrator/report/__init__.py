@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from orchestrator.playbook.secrets import redact
 from orchestrator.report.html import to_html
@@ -46,17 +48,31 @@ def redacted(report: RunReport) -> RunReport:
     Step messages and notes carry provider error text, which can quote a password back; scrubbing the
     model (not the rendered output) catches the value before HTML or JSON escaping could disguise it.
     """
-    return RunReport.from_dict(_scrub(report.to_dict()))
+    seen: dict[str, str] = {}  # step ids, states and kinds repeat: redact each distinct string once
+
+    def clean(text: str) -> str:
+        if text not in seen:
+            seen[text] = redact(text)
+        return seen[text]
+
+    copy = _with_clean_strings(report, clean)
+    copy.servers = [_with_clean_strings(s, clean) for s in report.servers]
+    for server in copy.servers:
+        server.downtime_breakdown = {clean(k): v for k, v in server.downtime_breakdown.items()}
+    copy.steps = [_with_clean_strings(s, clean) for s in report.steps]
+    copy.findings = [_with_clean_strings(f, clean) for f in report.findings]
+    copy.critical_path = [clean(i) for i in report.critical_path]
+    copy.notes = [clean(n) for n in report.notes]
+    copy.bandwidth_series = list(report.bandwidth_series)
+    return copy
 
 
-def _scrub(value: object) -> object:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value
+_Item = TypeVar("_Item", RunReport, ServerSummary, StepTiming, FindingView)
+
+
+def _with_clean_strings(item: _Item, clean: Callable[[str], str]) -> _Item:
+    values = {f.name: getattr(item, f.name) for f in fields(item)}
+    return type(item)(**{k: clean(v) if isinstance(v, str) and v else v for k, v in values.items()})
 
 
 def write_report(report: RunReport, fmt: ReportFormat, path: str | Path | None = None) -> str:

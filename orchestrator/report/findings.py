@@ -8,6 +8,7 @@ goes in as `rich.text.Text`, never as markup: a server or a network called ``[re
 from __future__ import annotations
 
 from collections.abc import Iterable
+from string import Formatter
 from typing import Protocol
 
 from rich.table import Table
@@ -70,6 +71,14 @@ def findings_summary(findings: Iterable[FindingLike]) -> str:
     return ", ".join(parts)
 
 
+def fix_template_text(template: str) -> str:
+    """A fix template as a person reads it: ``use nic0..nic<last>``, with ``{{`` unescaped."""
+    return "".join(
+        literal + (f"<{name}>" if name is not None else "")
+        for literal, name, _, _ in Formatter().parse(template)
+    )
+
+
 def catalog_table(rules: Iterable[Rule] | None = None) -> Table:
     """Every rule the validator knows, as `migrate validate --rules` lists them."""
     table = Table(title="Validation rules", title_justify="left", show_edge=False, pad_edge=False)
@@ -85,7 +94,7 @@ def catalog_table(rules: Iterable[Rule] | None = None) -> Table:
             _severity(rule.severity),
             Text(rule.title),
             Text(", ".join(rule.needs) or "playbook"),
-            Text(rule.fix.replace("{{", "{").replace("}}", "}"), "green"),
+            Text(fix_template_text(rule.fix), "green"),
             Text(rule.reference or _DASH),
         )
     return table

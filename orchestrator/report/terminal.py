@@ -56,10 +56,12 @@ def render_report(
     *,
     max_servers: int = 50,
     critical_items: int = 10,
+    max_failures: int = 10,
 ) -> None:
     """Summary, servers, critical path, findings and notes, in the order an operator reads them."""
     console.print(_summary_panel(report))
-    for step in report.failed_steps():
+    stopped = report.failed_steps()
+    for step in stopped[:max_failures]:
         console.print(
             Text.assemble(
                 (f"{step.state}: ", STATE_STYLES.get(step.state, "")),
@@ -68,6 +70,8 @@ def render_report(
                 step.message or "no message was recorded",
             )
         )
+    if len(stopped) > max_failures:
+        console.print(Text(f"… and {len(stopped) - max_failures:,} more failed or cancelled steps", "red"))
     if report.servers:
         console.print(servers_table(report, max_rows=max_servers))
     if report.critical_path:
@@ -269,7 +273,7 @@ def _axis_text(span: float, cols: int) -> Text:
     t = 0.0
     last_end = -1
     while t <= span + 1e-9:
-        col = int(t / span * (cols - 1))
+        col = min(cols - 1, int(t / span * cols))  # the same mapping as the bars
         label = "|" + tick_label(t, step)
         if col > last_end and col + len(label) <= len(line):
             line[col : col + len(label)] = list(label)

@@ -401,6 +401,8 @@ def test_html_for_ten_thousand_servers_stays_bounded() -> None:
     report = many_servers_report(10_000, steps_each=4)
     document = to_html(report)
     assert document.count('class="lanesmall"') == 10_000
+    # failures are listed, but not two hundred of them in the page header
+    assert "The first 20 of 200 failed or cancelled steps" in document
     # Per server: a lane label, a few phase rects and a table row; nothing per step.
     assert len(document) < 10_000 * 1_400
     # the bandwidth chart keeps one point per pixel column however long the series
@@ -452,9 +454,18 @@ def test_markdown_has_a_table_row_per_server_and_escapes_cells() -> None:
     assert len(rows) == 3
     for row in rows:  # an escaped pipe does not split a cell, so every row has the header's columns
         assert len(re.split(r"(?<!\\)\|", row)) == len(header.split("|"))
-    assert "## Critical path" in text and "db01/mirror" in text
-    assert "| warning | HV\\-TLS\\-001 |" not in text  # hyphens are left alone
-    assert "HV-TLS-001" in text and "## Notes" in text
+    assert "## Critical path" in text and "| 6 | `db01/mirror` |" in text
+    assert "| warning | `HV-TLS-001` |" in text and "## Notes" in text
+    assert "| `app01/verify_replica` | failed | 3 |" in text
+
+
+def test_markdown_code_spans_keep_pipes_and_markup_inert() -> None:
+    report = sample_report()
+    report.steps[0].step_id = report.critical_path[0] = "shared|<b>`x`"
+    text = to_markdown(report)
+    assert r"| 1 | shared\|\<b\>\`x\` |" in text  # a backtick cannot be in a code span: escaped text
+    report.steps[0].step_id = report.critical_path[0] = "shared|<b>"
+    assert r"| 1 | `shared\|<b>` |" in to_markdown(report)
 
 
 # -- terminal -------------------------------------------------------------------------------------
