@@ -6,6 +6,7 @@ Exit codes (the contract): 0 done, 1 validation or step failure, 2 usage error, 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -17,7 +18,13 @@ from rich.console import Console
 
 from orchestrator import __version__
 
-console = Console(highlight=False)
+
+def _width() -> int | None:
+    """Tables stay readable in a pipe or CI log, where rich would otherwise assume 80 columns."""
+    return None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "150"))
+
+
+console = Console(highlight=False, width=_width())
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one error, one line, even in a pipe
 
 STATE_HELP = "where the journal lives (default: .hvmigrate/ beside the playbook)"
@@ -289,7 +296,7 @@ def _run(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    _summarize(result, session, command)
+    _summarize(result, session, command, journal.states())
     if report_path:
         _write_run_report(session, journal, report_path)
     journal.close()
@@ -304,7 +311,12 @@ def _check_servers(session: Any, servers: list[str] | None) -> None:
         )
 
 
-def _summarize(result: Any, session: Any, command: str) -> None:
+def _summarize(result: Any, session: Any, command: str, states: dict[str, str]) -> None:
+    ready = [
+        s
+        for s in session.plan.servers
+        if states.get(f"{s}/remap_nics") == "done" and states.get(f"{s}/cutover_gate") != "done"
+    ]
     console.print()
     if result.status == "cancelled":
         console.print(
@@ -319,13 +331,13 @@ def _summarize(result: Any, session: Any, command: str) -> None:
         console.print(
             f"cleanup ran: {', '.join(result.cleaned)} (replica disks are kept so a re-run resumes)"
         )
-    waiting = [s for s in result.unreached if s.endswith("/cutover_gate")]
     if result.status in ("done", "waiting"):
         console.print(f"[green]{command}: {len(result.done)} step(s) done[/]")
-        if waiting:
-            names = ", ".join(s.split("/")[0] for s in waiting)
-            console.print(f"ready for cutover: {names} - run `migrate cutover {session.loaded.path.name}`")
-        elif result.unreached:
+        if ready:
+            console.print(
+                f"ready for cutover: {', '.join(ready)} - run `migrate cutover {session.loaded.path.name}`"
+            )
+        if result.unreached:
             console.print(f"waiting on steps outside this command: {', '.join(result.unreached[:5])}")
 
 
@@ -466,8 +478,8 @@ def status(playbook: Path, state_dir: Path | None, show_steps: bool, as_json: bo
         click.echo(
             json.dumps(
                 {
-                    "servers": [s.__dict__ for s in report.servers],
-                    "steps": [s.__dict__ for s in report.steps],
+                    "servers": report.to_dict()["servers"],
+                    "steps": report.to_dict()["steps"],
                 },
                 indent=2,
                 default=str,

@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ class ExtFs:
         filesystem inside a partition is replayed in a sparse copy of just that partition, and only the
         blocks the replay changed are written back.
         """
-        with self._locked(exclusive=True):
+        with image_lock(self.image):
             if self.offset == 0:
                 self._e2fsck_journal_only(self.image)
             else:
@@ -227,30 +228,31 @@ class ExtFs:
         """Create or replace regular files (path, data, mode) owned by root, creating parent directories."""
         if not files:
             return
-        if self.needs_recovery():
-            self.replay_journal()
-        with tempfile.TemporaryDirectory(prefix="hvmigrate-stage-") as tmp:
-            commands: list[str] = []
-            for index, (path, data, mode) in enumerate(files):
-                real = self._writable_path(path, commands)
-                local = Path(tmp) / f"f{index}"
-                local.write_bytes(data)
-                existing = self.stat(real)
-                if existing is not None:
-                    if existing.type == "directory":
-                        raise GuestFsError(f"{self.spec}: cannot write {path}: it is a directory")
-                    commands.append(f"rm {_quote(real)}")
-                commands += [
-                    f"write {local} {_quote(real)}",
-                    f"sif {_quote(real)} mode 0{0o100000 | mode:o}",
-                    f"sif {_quote(real)} uid 0",
-                    f"sif {_quote(real)} gid 0",
-                ]
-            result = self._run(commands, writable=True)
-        for path, data, mode in files:
-            found = self.resolve(path)
-            if found is None or found[1].mode != mode or self.read(path) != data:
-                raise GuestFsError(f"{self.spec}: writing {path} did not take effect: {_stderr(result)}")
+        with image_lock(self.image):
+            if self.needs_recovery():
+                self.replay_journal()
+            with tempfile.TemporaryDirectory(prefix="hvmigrate-stage-") as tmp:
+                commands: list[str] = []
+                for index, (path, data, mode) in enumerate(files):
+                    real = self._writable_path(path, commands)
+                    local = Path(tmp) / f"f{index}"
+                    local.write_bytes(data)
+                    existing = self.stat(real)
+                    if existing is not None:
+                        if existing.type == "directory":
+                            raise GuestFsError(f"{self.spec}: cannot write {path}: it is a directory")
+                        commands.append(f"rm {_quote(real)}")
+                    commands += [
+                        f"write {local} {_quote(real)}",
+                        f"sif {_quote(real)} mode 0{0o100000 | mode:o}",
+                        f"sif {_quote(real)} uid 0",
+                        f"sif {_quote(real)} gid 0",
+                    ]
+                result = self._run(commands, writable=True)
+            for path, data, mode in files:
+                found = self.resolve(path)
+                if found is None or found[1].mode != mode or self.read(path) != data:
+                    raise GuestFsError(f"{self.spec}: writing {path} did not take effect: {_stderr(result)}")
 
     def _writable_path(self, path: str, commands: list[str]) -> str:
         """The real path to write ``path`` at: parent symlinks resolved, missing parents queued for mkdir."""
@@ -274,16 +276,6 @@ class ExtFs:
 
     # ------------------------------------------------------------ plumbing
 
-    @contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        """Two stagers on one replica would corrupt it; an O_RDONLY descriptor is enough to hold a flock."""
-        fd = os.open(self.image, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            os.close(fd)
-
     def _run(self, commands: Sequence[str], *, writable: bool = False) -> subprocess.CompletedProcess[bytes]:
         if not self.image.exists():
             raise GuestFsError(f"disk image {self.image} does not exist")
@@ -298,7 +290,7 @@ class ExtFs:
                 script.write("\n".join(commands) + "\n")
                 script.flush()
                 args += ["-f", script.name]
-            with self._locked(writable):
+            with image_lock(self.image):
                 result = subprocess.run(
                     [*args, self.spec], capture_output=True, timeout=_TIMEOUT, env=env, check=False
                 )
@@ -306,6 +298,40 @@ class ExtFs:
         if "while trying to open" in err or "Filesystem not open" in err:
             raise GuestFsError(f"{self.spec}: not an ext2/3/4 filesystem debugfs can open ({err})")
         return result
+
+
+_image_locks: dict[str, threading.RLock] = {}
+_image_locks_guard = threading.Lock()
+_flocks_held = threading.local()
+
+
+@contextmanager
+def image_lock(image: Path) -> Iterator[None]:
+    """Exclusive use of a disk image, across threads and processes; re-entrant within a thread.
+
+    Staging reads, plans and writes as one unit, and two stagers (or a stager and a journal replay) on
+    one replica would corrupt it. flock belongs to an open file, so a thread that already holds it must
+    not open another descriptor and wait on itself: the thread-local set remembers what it holds.
+    """
+    key = str(Path(image).resolve())
+    with _image_locks_guard:
+        lock = _image_locks.setdefault(key, threading.RLock())
+    with lock:
+        held: set[str] = getattr(_flocks_held, "paths", None) or set()
+        _flocks_held.paths = held
+        if key in held:
+            yield
+            return
+        fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)  # a read-only descriptor can hold a flock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
+        finally:
+            os.close(fd)
 
 
 def _data_ranges(fd: int, start: int, length: int) -> Iterator[tuple[int, int]]:

@@ -10,6 +10,7 @@ identity survives whatever the new hypervisor's bus layout is. Everything is don
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import posixpath
@@ -18,10 +19,10 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .disk_layout import DiskLayout, filesystems_of, read_layout
-from .extfs import ExtFs, GuestFsError, ToolMissing, check_clean
+from .extfs import ExtFs, GuestFsError, ToolMissing, check_clean, image_lock
 
 __all__ = [
     "GuestEdit",
@@ -268,9 +269,35 @@ class GuestEdit:
     """
 
     path: str
-    content: bytes
+    content: bytes  # text is accepted and stored UTF-8 encoded
     mode: int = 0o644
     merge: Literal["replace", "hosts"] = "replace"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.content, str):
+            object.__setattr__(self, "content", self.content.encode())
+        if self.merge not in ("replace", "hosts"):
+            raise ValueError(f"unknown merge {self.merge!r} for {self.path}: use replace or hosts")
+
+    def to_json(self) -> dict[str, Any]:
+        """A journal-safe form: text content as text, anything else base64."""
+        try:
+            content, encoding = self.content.decode(), "utf-8"
+        except UnicodeDecodeError:
+            content, encoding = base64.b64encode(self.content).decode(), "base64"
+        return {
+            "path": self.path,
+            "content": content,
+            "encoding": encoding,
+            "mode": self.mode,
+            "merge": self.merge,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GuestEdit:
+        content = data["content"]
+        raw = base64.b64decode(content) if data.get("encoding") == "base64" else content
+        return cls(data["path"], raw, int(data.get("mode", 0o644)), data.get("merge", "replace"))
 
 
 @dataclass(frozen=True)
@@ -384,16 +411,26 @@ def apply_edits(disk_path: Path | str, edits: Sequence[GuestEdit]) -> list[str]:
     root = find_linux_root(disk_path)
     if root is None:
         raise GuestFsError(f"{disk_path}: no Linux root filesystem (ext2/3/4 with /etc) found to stage")
-    log: list[str] = []
-    pending: list[tuple[str, bytes, int]] = []
-    for edit in edits:
-        current = root.fs.read(edit.path)
-        wanted = merge_hosts(current, edit.content) if edit.merge == "hosts" else edit.content
-        found = root.fs.resolve(edit.path)
-        if current == wanted and found is not None and found[1].mode == edit.mode and found[0] == edit.path:
-            log.append(f"unchanged {edit.path}")
-            continue
-        pending.append((edit.path, wanted, edit.mode))
-        log.append(f"{'replaced' if current is not None else 'created'} {edit.path} ({len(wanted)} bytes)")
-    root.fs.write_files(pending)
+    with image_lock(root.disk_path):
+        if root.fs.needs_recovery():  # read what the guest would see after its journal replays
+            root.fs.replay_journal()
+        log: list[str] = []
+        pending: list[tuple[str, bytes, int]] = []
+        for edit in edits:
+            current = root.fs.read(edit.path)
+            wanted = merge_hosts(current, edit.content) if edit.merge == "hosts" else edit.content
+            found = root.fs.resolve(edit.path)
+            if (
+                current == wanted
+                and found is not None
+                and found[1].mode == edit.mode
+                and found[0] == edit.path
+            ):
+                log.append(f"unchanged {edit.path}")
+                continue
+            pending.append((edit.path, wanted, edit.mode))
+            log.append(
+                f"{'replaced' if current is not None else 'created'} {edit.path} ({len(wanted)} bytes)"
+            )
+        root.fs.write_files(pending)
     return [f"{root.device_hint} at offset {root.offset} ({root.fstype}): {line}" for line in log]

@@ -156,7 +156,8 @@ class BlockMap:
         """Open the map of a target, or start it over.
 
         ``seed_zero`` yields the chunk indices known to read as zero on the target right now (its holes);
-        it is called only when the map starts over, so a new or replaced target is not re-zeroed needlessly.
+        it is called when the map starts over, so a new or replaced target is not re-zeroed needlessly,
+        and after a crash, to keep distrusted chunks that are holes as *zero*.
         A different source identity, a replaced target file or a damaged header mean "start over"; a
         different chunk size or disk size is refused, because it means the plan changed under the mirror.
         """
@@ -180,7 +181,7 @@ class BlockMap:
                 )
             return blockmap
         blockmap = cls._load(path)
-        blockmap._resolve_hot_extents()
+        blockmap._resolve_hot_extents(seed_zero)
         return blockmap
 
     @staticmethod
@@ -330,17 +331,24 @@ class BlockMap:
             log.warning("block map %s: %d damaged records will be copied again", path, blockmap.damaged)
         return blockmap
 
-    def _resolve_hot_extents(self) -> None:
-        """Distrust every record of a hot extent that the open pass did not write itself (see module doc)."""
+    def _resolve_hot_extents(self, seed_zero: Callable[[], Iterable[int]]) -> None:
+        """Distrust every record of a hot extent that the open pass did not write itself (see module doc).
+
+        A distrusted chunk that is a hole of the target right now is known to read as zeros, whatever
+        happened before the crash, so it becomes *zero* rather than *absent* and costs nothing to resume.
+        """
         if not self._hot_count:
             return
+        hole_now = bytearray(self.chunk_count)
+        for index in seed_zero():
+            hole_now[index] = 1
         for extent in range(self.extent_count):
             if not self._hot[extent >> 3] & (1 << (extent & 7)):
                 continue
             first = extent * self.chunks_per_extent
             for index in range(first, min(first + self.chunks_per_extent, self.chunk_count)):
                 if self._states[index] != ABSENT and self._passes[index] != self.pass_number:
-                    self.set(index, ABSENT, 0, _NO_DIGEST)
+                    self.set(index, ZERO if hole_now[index] else ABSENT, 0, _NO_DIGEST)
                     self.downgraded += 1
         self.flush()
         os.fsync(self._fd)
@@ -367,6 +375,11 @@ class BlockMap:
             digest if state == DATA else _NO_DIGEST
         )
         self._dirty.append(index)
+
+    @property
+    def memory_bytes(self) -> int:
+        """What the records cost in memory: 21 bytes per chunk."""
+        return len(self._states) + len(self._digests) + self._passes.itemsize * len(self._passes)
 
     @property
     def dirty_count(self) -> int:

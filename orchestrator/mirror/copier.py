@@ -82,6 +82,11 @@ def mirror_disk(
 
     Safe to call from several threads for different targets. Any failure leaves the block map recording
     exactly what is durably on the target, so running the same call again resumes.
+
+    ``progress(done, total)`` is called after every chunk, from the calling thread; ``cancelled()`` is
+    polled before every chunk. ``map_path`` overrides ``<target>.hvmap`` (for a block device target);
+    ``flush_bytes``/``flush_seconds`` bound how much written data may wait for its fdatasync, which is
+    also how much a kill -9 can cost a resumed copy.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -143,7 +148,7 @@ class _ReaderSide:
         self.throttle = throttle
         self.chunk_size = snapshot.chunk_size
         self.size = reader.size
-        self._readinto: Callable[[int, memoryview], int] | None = getattr(reader, "readinto", None)
+        self._read_into: Callable[[int, memoryview], int] | None = getattr(reader, "read_into", None)
 
     def chunks(
         self, progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None
@@ -240,8 +245,8 @@ class _ReaderSide:
     def _read(self, buffer: bytearray, offset: int, length: int) -> memoryview:
         view = memoryview(buffer)[:length]
         try:
-            if self._readinto is not None:
-                got = self._readinto(offset, view)
+            if self._read_into is not None:
+                got = self._read_into(offset, view)
             else:
                 data = self.reader.read(offset, length)
                 got = len(data)
@@ -250,7 +255,8 @@ class _ReaderSide:
             reason = exc.strerror or str(exc)
             raise MirrorError(
                 f"cannot read the source disk at offset {offset}: {reason}; check the source "
-                "disk, then run again (the mirror resumes where it stopped)"
+                "disk, then run again (the mirror resumes where it stopped)",
+                retryable=True,
             ) from None
         self.stats.bytes_read += got
         if got != length:

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 
 class MirrorError(Exception):
-    """A pass stopped; what was durably copied before it stays recorded, so the next run resumes."""
+    """A pass stopped; what was durably copied before it stays recorded, so the next run resumes.
+
+    ``retryable`` tells the step runner whether trying again without a human may help (a read error on
+    a source disk may be transient; a full target is not until someone frees space).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class MirrorCancelled(MirrorError):

@@ -75,11 +75,15 @@ class FileDiskReader:
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)
-        got = self.readinto(offset, buf)
+        got = self.read_into(offset, buf)
         return bytes(buf[:got]) if got < length else bytes(buf)
 
-    def readinto(self, offset: int, buf: bytearray | memoryview) -> int:
-        """Fill ``buf`` from ``offset``; returns fewer bytes only at the end of the disk."""
+    def read_into(self, offset: int, buf: bytearray | memoryview) -> int:
+        """Fill ``buf`` from ``offset``; returns fewer bytes only at the end of the disk.
+
+        An optional DiskReader extension: the mirror uses it when present to read into its own reused
+        buffers instead of allocating a bytes object per chunk. (Not named ``readinto``: io's readinto
+        takes no offset, and a reader built on io must not be mistaken for one that has this.)"""
         view = memoryview(buf)
         done = 0
         while done < len(view):

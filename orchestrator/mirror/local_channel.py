@@ -15,7 +15,8 @@ from typing import Any
 
 from .writer import TargetWriter
 
-BUFFER_BUDGET = 32 * 1024**2  # bytes of chunk buffers in flight per disk
+BUFFER_BUDGET = 16 * 1024**2  # bytes of chunk buffers in flight per disk
+MAX_QUEUED_MESSAGES = 1024
 _STOP = ("stop",)
 
 
@@ -25,11 +26,12 @@ class ThreadedWriter:
 
     def __init__(self, writer: TargetWriter, chunk_size: int, *, depth: int | None = None) -> None:
         self._writer = writer
-        self._depth = depth or max(2, min(8, BUFFER_BUDGET // chunk_size))
+        self._depth = depth or max(2, min(4, BUFFER_BUDGET // chunk_size))
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(self._depth):
             self._free.put(bytearray(chunk_size))
-        self._ops: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        # bounded too: a sparse terabyte is 262144 zero messages the reader could queue in a second
+        self._ops: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=MAX_QUEUED_MESSAGES)
         self.error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"mirror-writer:{writer.path.name}", daemon=True

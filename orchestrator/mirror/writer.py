@@ -158,7 +158,9 @@ class TargetWriter:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise MirrorError(f"another mirror is writing {self.path}: wait for it to finish") from None
+            raise MirrorError(
+                f"another mirror is writing {self.path}: wait for it to finish", retryable=True
+            ) from None
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode):
             current, target_ino = info.st_size, info.st_ino
@@ -200,7 +202,9 @@ class TargetWriter:
         """Store one data chunk; it is recorded in the map only once durable (and verified)."""
         index = self._index(offset, len(data))
         if self._check_received and chunk_digest(data) != digest:
-            raise MirrorError(f"the chunk at offset {offset} arrived damaged (digest mismatch): run again")
+            raise MirrorError(
+                f"the chunk at offset {offset} arrived damaged (digest mismatch): run again", retryable=True
+            )
         self._mark_hot(index)
         try:
             pwrite_all(self._fd, data, offset)
@@ -229,7 +233,7 @@ class TargetWriter:
 
     def confirm(self, offset: int, digest: bytes) -> None:
         """The reader found this chunk equal to the map: record it as checked in this pass (no I/O)."""
-        index = offset // self.chunk_size
+        index = self._index(offset, min(self.chunk_size, self.size - offset))
         state = self._map.state(index)
         known = zero_digest(self._map.chunk_length(index)) if state == ZERO else self._map.digest(index)
         if state == ABSENT or known != digest:
@@ -310,14 +314,15 @@ class TargetWriter:
             except OSError as exc:
                 for index, _state, _digest in pending:
                     self._map.set(index, ABSENT, 0, b"")
-                self._map.flush()
+                with contextlib.suppress(OSError):  # if this fails too, the hot extents still distrust them
+                    self._map.flush()
                 raise self._write_error(exc, pending[0][0] * self.chunk_size) from None
         for index, state, digest in pending:
-            if self._verify and failure is None:
+            if self._verify:
                 offset = index * self.chunk_size
                 actual_state, actual = self._read_back(offset, self._map.chunk_length(index))
                 if actual_state != state or (state == DATA and actual != digest):
-                    failure = MirrorError(
+                    failure = failure or MirrorError(
                         f"verification failed at offset {offset}: the target disk {self.path} returned other "
                         "data than was written; check the target storage, then run again"
                     )

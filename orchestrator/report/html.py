@@ -71,7 +71,8 @@ AXIS_H = 24
 STEP_ROW_H = 16
 HEADER_ROW_H = 22
 SERVER_ROW_H = 13
-CHAR_W = 6.3  # average width of an 11 px sans-serif character, for fitting labels
+CHAR_W = 5.8  # average width of an 11 px sans-serif character (measured in Chromium), for fitting labels
+BOLD_CHAR_W = 7.4  # the same for the 12 px bold group headers
 
 # A tick step is the first of these (seconds) that gives at most MAX_TICKS ticks.
 _TICK_STEPS = (
@@ -331,9 +332,9 @@ def _fit(text: str, width: float) -> str:
     return text if len(text) <= room else "…" + text[-(room - 1) :]
 
 
-def _clip(text: str, width: float) -> str:
+def _clip(text: str, width: float, char_w: float = CHAR_W) -> str:
     """Shorten ``text`` from the right to fit ``width`` px: a server name reads from its start."""
-    room = max(3, int(width / CHAR_W))
+    room = max(3, int(width / char_w))
     return text if len(text) <= room else text[: room - 1] + "…"
 
 
@@ -438,7 +439,8 @@ def _group_header(name: str | None, server: ServerSummary | None, y: float) -> s
     return (
         f'<rect class="grouprow" x="0" y="{y:.1f}" width="{CHART_W}" height="{HEADER_ROW_H}"/>'
         f'<rect x="0" y="{y:.1f}" width="4" height="{HEADER_ROW_H}" fill="{colour}"/>'
-        f'<text class="group" x="10" y="{y + 15:.1f}">{esc(_clip(title, LABEL_W - 16))}</text>'
+        f'<text class="group" x="10" y="{y + 15:.1f}"><title>{esc(title)}</title>'
+        f"{esc(_clip(title, LABEL_W - 16, BOLD_CHAR_W))}</text>"
         f'<text class="groupdetail" x="{LABEL_W + 6}" y="{y + 15:.1f}">{esc(detail)}</text>'
     )
 
@@ -751,12 +753,11 @@ border-radius:3px}
 .badge{font-size:12px;font-weight:600;vertical-align:middle;padding:2px 8px;border-radius:10px;
 margin-left:6px}
 .badge.sim{background:#efe7fb;color:#6a3fb0}.badge.run{background:#e3f3e9;color:#1f7a43}
-.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px;background:none;
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(155px,1fr));gap:10px;background:none;
 border:none;padding:0}
 .card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 12px}
 .card .label{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
-.card .value{font-size:22px;font-weight:650;margin:2px 0;white-space:nowrap;overflow:hidden;
-text-overflow:ellipsis}
+.card .value{font-size:20px;font-weight:650;margin:2px 0;line-height:1.25}
 .card .detail{font-size:12px;color:var(--muted)}
 .progress{display:inline-block;width:60px;height:6px;background:#e6e8ec;border-radius:3px;vertical-align:middle;
 overflow:hidden}

@@ -32,7 +32,7 @@ class LiveObserver:
         self._lock = threading.Lock()
         self._started: dict[str, float] = {}
         self._tasks: dict[str, TaskID] = {}
-        self.progress = Progress(
+        self.bars = Progress(
             TextColumn("[bold blue]{task.description}"),
             BarColumn(),
             DownloadColumn(binary_units=True),
@@ -44,11 +44,11 @@ class LiveObserver:
         )
 
     def __enter__(self) -> LiveObserver:
-        self.progress.start()
+        self.bars.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.progress.stop()
+        self.bars.stop()
 
     def step_started(self, node: StepNode) -> None:
         with self._lock:
@@ -61,7 +61,7 @@ class LiveObserver:
             began = self._started.pop(node.id, time.monotonic())
             task = self._tasks.pop(node.id, None)
         if task is not None:
-            self.progress.remove_task(task)
+            self.bars.remove_task(task)
         took = time.monotonic() - began
         style = _STATE_STYLE.get(state, "white")
         line = f"[{style}]{state:>9}[/]  {node.id}  [dim]{took:.1f}s[/]"
@@ -73,9 +73,9 @@ class LiveObserver:
         with self._lock:
             task = self._tasks.get(node.id)
             if task is None:
-                task = self.progress.add_task(label or node.id, total=total)
+                task = self.bars.add_task(label or node.id, total=total)
                 self._tasks[node.id] = task
-        self.progress.update(task, completed=done, total=total)
+        self.bars.update(task, completed=done, total=total)
 
     def event(self, node: StepNode | None, level: str, message: str) -> None:
         if level in ("warning", "error", "critical"):

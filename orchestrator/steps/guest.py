@@ -32,7 +32,7 @@ def _apply(ctx: StepContext, edits: list[dict[str, Any]]) -> list[str]:
     path = boot_disk_path(ctx)
     if not edits or path is None:
         return []
-    return apply_edits(path, [GuestEdit(e["path"], e["content"], e.get("mode", 0o644)) for e in edits])
+    return apply_edits(path, [GuestEdit.from_json(e) for e in edits])
 
 
 def reapply_staged_state(ctx: StepContext) -> int:
@@ -69,7 +69,7 @@ class StageSystemState(Step):
         hostname = target.hostname or (source.hostname if target.keep_hostname else ctx.server.name)
         if not _linux_root_or_warn(ctx, source, "system state"):
             return {"edits": [], "hostname": hostname}
-        edits = [{"path": "/etc/hostname", "content": hostname + "\n", "mode": 0o644}]
+        edits = [GuestEdit("/etc/hostname", hostname + "\n").to_json()]
         log = _apply(ctx, edits)
         for line in log:
             ctx.event(line)
@@ -137,7 +137,7 @@ class RemapNics(Step):
         if not nics or not _linux_root_or_warn(ctx, source, "network configuration"):
             return {"nics": nics, "edits": []}
         planned = plan_network_edits(hostname, [(n["mac"], n["ip"], n["gateway"], n["dns"]) for n in nics])
-        edits = [{"path": e.path, "content": e.content, "mode": e.mode} for e in planned]
+        edits = [e.to_json() for e in planned]
         for line in _apply(ctx, edits):
             ctx.event(line)
         return {"nics": nics, "edits": edits}

@@ -63,24 +63,28 @@ class SimProvider:
         self.root = Path(config.root).expanduser().resolve()
         if not config.datastores:
             raise ProviderError(f"sim provider {name} has no datastores; add one under datastores:")
-        self._state = HostState(self.root)
-        with self._state.locked():
-            for datastore in config.datastores:
-                _check_name(datastore, "datastore")
-                (self.root / "datastores" / datastore).mkdir(parents=True, exist_ok=True)
-            (self.root / "vms").mkdir(exist_ok=True)
-            (self.root / "appliances").mkdir(exist_ok=True)
-            # The playbook is the truth about the host; host.json records it for people and other tools.
-            self._state.write(
-                "host.json",
-                {
-                    "host": config.host,
-                    "datastores": {ds: {"capacity": cap} for ds, cap in config.datastores.items()},
-                    "networks": list(config.networks),
-                    "firmware": list(config.firmware),
-                    "max_nics": config.max_nics,
-                },
-            )
+        for datastore in config.datastores:
+            _check_name(datastore, "datastore")
+        self._state = HostState(self.root, self._initialize)
+
+    def _initialize(self) -> None:
+        """Lay out a new simulated host; called under the state lock on its first write."""
+        config = self.config
+        for datastore in config.datastores:
+            (self.root / "datastores" / datastore).mkdir(parents=True, exist_ok=True)
+        (self.root / "vms").mkdir(exist_ok=True)
+        (self.root / "appliances").mkdir(exist_ok=True)
+        # The playbook is the truth about the host; host.json records it for people and other tools.
+        self._state.write(
+            "host.json",
+            {
+                "host": config.host,
+                "datastores": {ds: {"capacity": cap} for ds, cap in config.datastores.items()},
+                "networks": list(config.networks),
+                "firmware": list(config.firmware),
+                "max_nics": config.max_nics,
+            },
+        )
 
     def __repr__(self) -> str:
         return f"SimProvider({self.name!r}, root={str(self.root)!r})"
@@ -95,13 +99,13 @@ class SimProvider:
         planning time instead. It also keeps the figure stable while the data plane fills the sparse
         files, so validation never races the mirror.
         """
-        with self._state.locked():
+        with self._state.locked(write=False):
             datastores = {
                 ds: DatastoreInfo(
                     ds,
                     capacity,
                     max(0, capacity - self._used(ds)),
-                    accessible=(self.root / "datastores" / ds).is_dir(),
+                    accessible=not self.root.exists() or (self.root / "datastores" / ds).is_dir(),
                 )
                 for ds, capacity in self.config.datastores.items()
             }
@@ -146,7 +150,7 @@ class SimProvider:
 
     def find_appliance(self, host: str, name: str) -> ApplianceRef | None:
         _check_name(name, "appliance")
-        with self._state.locked():
+        with self._state.locked(write=False):
             doc = self._state.read(f"appliances/{name}.json")
         if doc is None or doc["host"] != self.host_for(host):
             return None
@@ -220,7 +224,10 @@ class SimProvider:
         return DiskRef(self.name, str(path), request.name, size, "raw", datastore)
 
     def delete_disk(self, disk: DiskRef) -> None:
-        """Refuses a disk still attached or still part of a VM; NotFound when it is already gone."""
+        """Refuses a disk still attached or still part of a VM; NotFound when it is already gone.
+
+        Files named ``<disk>.raw.*`` beside it go with it, as a real datastore deletes a disk's metadata.
+        """
         path = self._disk_of(disk)
         with self._state.locked():
             if not path.exists():
@@ -232,6 +239,10 @@ class SimProvider:
             if vm:
                 raise ProviderError(f"disk {disk.name} belongs to VM {vm}; delete the VM first")
             path.unlink()
+            # Sidecars beside the disk (the mirror keeps its block map there) describe this disk only; a
+            # stale one would make a new disk of the same name look already copied.
+            for sidecar in path.parent.glob(f"{path.name}.*"):
+                sidecar.unlink(missing_ok=True)
 
     def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
         """Record that the data plane may write ``disk``; ``None`` means on the host itself.
@@ -343,13 +354,13 @@ class SimProvider:
 
     def find_vm(self, name: str) -> VmRef | None:
         _check_name(name, "VM")
-        with self._state.locked():
+        with self._state.locked(write=False):
             doc = self._state.read(f"vms/{name}.json")
         return VmRef(self.name, name, name) if doc else None
 
     def vm_details(self, vm: VmRef) -> dict[str, Any]:
         """The VM's state document (cpus, memory, disks, nics with MACs, power): for reports and tests."""
-        with self._state.locked():
+        with self._state.locked(write=False):
             return self._vm_doc(vm)
 
     def delete_vm(self, vm: VmRef) -> None:

@@ -14,29 +14,39 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
 class HostState:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, initialize: Callable[[], None] | None = None) -> None:
         self.root = root
+        self._initialize = initialize  # builds the host's folders on its first write, never on a read
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._lock_fd = -1
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive access to the whole state; re-entrant within a thread."""
+    def locked(self, *, write: bool = True) -> Iterator[None]:
+        """Exclusive access to the whole state; re-entrant within a thread.
+
+        A read of a host that was never written creates nothing, so validation and dry runs touch nothing.
+        """
         with self._thread_lock:
+            if self._depth == 0 and not write and not self.root.exists():
+                yield
+                return
             if self._depth == 0:
+                fresh = not (self.root / ".lock").exists()
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._depth += 1
             try:
+                if self._depth == 1 and fresh and self._initialize is not None:
+                    self._initialize()
                 yield
             finally:
                 self._depth -= 1

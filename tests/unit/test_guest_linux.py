@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -366,3 +368,43 @@ def test_extfs_refuses_what_debugfs_cannot_open(tmp_path: Path) -> None:
         ExtFs(path, 0).stat("/")
     with pytest.raises(GuestFsError, match="'\\?'"):
         ExtFs(tmp_path / "what?.raw", 0)
+
+
+def test_guest_edits_round_trip_through_json_and_accept_text(disk: Path) -> None:
+    edits = plan_network_edits("app01", [("52:54:00:00:01:03", "10.1.0.13/24", None, None)])
+    edits.append(GuestEdit("/etc/motd", "migrated by hvmigrate\n", 0o640))  # text content is encoded
+    edits.append(GuestEdit("/usr/local/bin/blob", b"\xff\xfe\x00binary", 0o755))
+    journaled = json.loads(json.dumps([e.to_json() for e in edits]))
+    restored = [GuestEdit.from_json(e) for e in journaled]
+    assert restored == edits and restored[-2].content == b"migrated by hvmigrate\n"
+    assert [e.merge for e in restored if e.path == "/etc/hosts"] == ["hosts"]
+    apply_edits(disk, restored)
+    root = find_linux_root(disk)
+    assert root is not None and read_file(root, "/usr/local/bin/blob") == b"\xff\xfe\x00binary"
+    assert b"localhost" in (read_file(root, "/etc/hosts") or b"")  # merged, not replaced
+
+
+def test_concurrent_stagers_on_one_disk_do_not_corrupt_it(disk: Path) -> None:
+    errors: list[BaseException] = []
+
+    def stage(worker: int) -> None:
+        try:
+            for round_ in range(3):
+                apply_edits(disk, [GuestEdit(f"/etc/stage{worker}/file{round_}", f"{worker}/{round_}\n")])
+        except BaseException as exc:  # reported below, with the assertion that matters
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stage, args=(worker,)) for worker in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    root = find_linux_root(disk)
+    assert root is not None
+    for worker in range(4):
+        assert [read_file(root, f"/etc/stage{worker}/file{r}") for r in range(3)] == [
+            f"{worker}/{r}\n".encode() for r in range(3)
+        ]
+    clean, output = check_clean(root.fs)
+    assert clean, output

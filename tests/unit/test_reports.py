@@ -525,3 +525,28 @@ def test_write_report_writes_each_format_and_never_a_secret(tmp_path: Path) -> N
     assert write_report(report, "json", None) == to_json(redacted(report))
     with pytest.raises(ValueError, match="use one of: html, json, md"):
         write_report(report, "pdf", None)  # type: ignore[arg-type]
+
+
+def test_a_running_step_is_drawn_up_to_now() -> None:
+    report = sample_report()
+    step = next(s for s in report.steps if s.step_id == "web01/final_sync")
+    step.state, step.end = "running", None
+    report.duration = step.start + 30.0  # "now" is 30 s into the final sync
+    document = to_html(report)
+    assert "web01/final_sync\nstate: running" in document and "(still running)" in document
+    assert "duration: 30.0s" in document
+
+
+def test_fallback_findings_table_lists_every_finding() -> None:
+    from orchestrator.report.terminal import findings_fallback_table
+
+    report = sample_report()
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(findings_fallback_table(report.findings_by_severity()))
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert [rule for rule in ("HV-TLS-001", "HV-NET-002", "HV-DISK-004") if rule in out] == [
+        "HV-TLS-001",
+        "HV-NET-002",
+        "HV-DISK-004",
+    ]
+    assert out.index("HV-NET-002") < out.index("HV-DISK-004")  # warnings before info

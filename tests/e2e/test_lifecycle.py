@@ -1,0 +1,98 @@
+"""The whole lifecycle on the embedded default, through the real `migrate` command, checked byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from orchestrator.guest.linux import find_linux_root, read_file
+from tests.e2e.conftest import Migration, sha256
+
+PB = "quickstart.yaml"
+
+
+def source_hashes(m: Migration) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(m.images.iterdir())}
+
+
+def test_validate_plan_and_dry_run_touch_nothing(migration: Migration) -> None:
+    m = migration
+    before = sorted(p.name for p in m.root.iterdir())
+    out = m.run("validate", PB).stdout
+    assert "validation:" in out and "critical" not in out
+    tree = m.run("plan", PB).stdout
+    assert "db01" in tree and "web01" in tree and "after db01/update_dns" in tree
+    m.run("plan", PB, "-o", "plan.json")
+    plan = json.loads((m.root / "plan.json").read_text())
+    assert plan["schema"] == "hvmigrate/plan/v1" and len(plan["steps"]) > 40
+    assert m.run("plan", PB, "--format", "dot").stdout.startswith("digraph")
+    assert m.run("plan", PB, "--format", "mermaid").stdout.startswith("flowchart LR")
+    (m.root / "plan.json").unlink()
+    dry = m.run("execute", PB, "--dry-run", "--report", "dry.json")
+    assert "downtime" in dry.stdout.lower()
+    report = json.loads((m.root / "dry.json").read_text())
+    assert report["kind"] == "simulation" and {s["name"] for s in report["servers"]} == {"db01", "web01", "app01"}
+    assert all(s["downtime_estimate"] and s["downtime_estimate"] > 60 for s in report["servers"])  # ttl 60 included
+    (m.root / "dry.json").unlink()
+    assert sorted(p.name for p in m.root.iterdir()) == before  # no journal, no sim host, no zone file
+
+
+def test_execute_sync_cutover_status_report_undo(migration: Migration) -> None:
+    m = migration
+    original = source_hashes(m)
+
+    out = m.run("execute", PB).stdout
+    assert "ready for cutover: db01, web01, app01" in out
+    # The data disk is copied exactly; boot disks carry the staged identity on top of the source's files.
+    assert sha256(m.disk("db01-disk1")) == original["db01-data.raw"]
+    assert os.stat(m.disk("db01-disk1")).st_blocks * 512 < os.stat(m.disk("db01-disk1")).st_size  # sparse
+    replica, source = find_linux_root(m.disk("web01-disk0")), find_linux_root(m.images / "web01.raw")
+    assert replica and source
+    assert read_file(replica, "/srv/www/index.html") == read_file(source, "/srv/www/index.html")
+    assert b"10.1.0.11/24" in (read_file(replica, "/etc/network/interfaces") or b"")
+    assert b"10.1.0.11" not in (read_file(source, "/etc/network/interfaces") or b"")
+
+    # The "running" source changes a few blocks of its data disk; a sync carries exactly those chunks.
+    data = m.images / "db01-data.raw"
+    rng = random.Random(7)
+    with data.open("r+b") as handle:
+        for offset in (3 * 2**20 + 17, 11 * 2**20 + 4096):
+            handle.seek(offset)
+            handle.write(rng.randbytes(1000))
+    original["db01-data.raw"] = sha256(data)
+    sync = m.run("sync", PB, "db01").stdout
+    assert "db01/sync" in sync
+    assert sha256(m.disk("db01-disk1")) == original["db01-data.raw"]
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["name"]: s["state"] for s in status["servers"]}["db01"] == "ready for cutover"
+    sync_step = next(s for s in status["steps"] if s["step_id"] == "db01/sync")
+    assert sync_step["bytes"] == 2 * 2**20  # two changed 1 MiB chunks, nothing else
+
+    cut = m.run("cutover", PB)
+    assert "cutover:" in cut.stdout
+    zone = (m.root / "sim-dns" / "corp.test.zone").read_text()
+    assert "db01 60 IN A 10.1.0.12" in zone and "web01 60 IN A 10.1.0.11" in zone
+    vm = json.loads((m.sim / "vms" / "web01.json").read_text())
+    assert vm["power"] in ("on", "running")
+    assert "booted" in (m.sim / "vms" / "web01.console.log").read_text()
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["state"] for s in status["servers"]} == {"cut over"}
+    # web01 depends on db01: it started its cutover only after db01 answered.
+    steps = {s["step_id"]: s for s in status["steps"]}
+    assert steps["web01/cutover_gate"]["start"] >= steps["db01/verify_replica"]["end"]
+
+    for fmt in ("html", "json", "md"):
+        m.run("report", PB, "--format", fmt, "-o", f"report.{fmt}")
+    html = (m.root / "report.html").read_text()
+    assert "<svg" in html and "web01" in html
+    assert json.loads((m.root / "report.json").read_text())["kind"] == "run"
+
+    undo = m.run("undo", PB, "--yes").stdout
+    assert "undone" in undo
+    assert not list((m.sim / "vms").glob("*.json"))
+    assert not list((m.sim / "datastores" / "default").glob("*.raw"))
+    zone = (m.root / "sim-dns" / "corp.test.zone").read_text()
+    assert "10.1.0.12" not in zone and "10.1.0.11" not in zone
+    assert source_hashes(m) == original  # the source was only ever read
+    assert "nothing to undo" in m.run("undo", PB, "--yes").stdout
