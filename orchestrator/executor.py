@@ -265,6 +265,9 @@ class Executor:
             except (StepFailed, ProviderError) as exc:
                 retry = getattr(exc, "retryable", False) and step_for(node.kind).retryable
                 finished.put((node.id, "retry" if retry else "failed", str(exc), None))
+            except OSError as exc:  # a full disk or a vanished file: the user can act on it, it is no bug
+                where = f" ({exc.filename})" if exc.filename else ""
+                finished.put((node.id, "failed", f"{exc.strerror or exc}{where}", None))
             except Exception as exc:
                 detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 self.journal.event(self.run_id, node.id, "debug", traceback.format_exc())
@@ -279,8 +282,8 @@ class Executor:
                         self.journal.set_state(node_id, "running", run_id=self.run_id)
                         self.observer.step_started(node)
                         pool.submit(work, node)
-                elif not result.cancelled:
-                    result.cancelled = sorted(sched.cancel_pending())
+                else:  # every time: a finishing step may have handed its slot to a waiter
+                    result.cancelled.extend(sched.cancel_pending())
                     timers.clear()
                 if sched.idle and not timers:
                     break
@@ -337,6 +340,7 @@ class Executor:
                     if cleanup_id in self.plan.graph:
                         sched.add(cleanup_id)
         self.resources.close()
+        result.cancelled = sorted(set(result.cancelled))
         result.unreached = [n for n in sched.unreached() if n not in result.cancelled]
         if self.cancel_event.is_set():
             result.status = "cancelled"

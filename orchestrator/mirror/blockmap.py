@@ -396,8 +396,9 @@ class BlockMap:
         os.pwrite(self._fd, bytes(self._hot[byte : byte + 1]), HEADER_SIZE + byte)
         os.fdatasync(self._fd)
 
-    def flush(self) -> None:
-        """Persist changed records, then cool the hot extents.
+    def flush(self, keep_hot: Iterable[int] = ()) -> None:
+        """Persist changed records, then cool the hot extents, except those of the chunks in ``keep_hot``
+        (written but not durable yet).
 
         The caller must have made the data behind every changed record durable first. Records are made
         durable before the hot bits are cleared, since a cleared bit vouches for the records under it; the
@@ -415,9 +416,14 @@ class BlockMap:
                 run_start = previous = index
             os.fdatasync(self._fd)
         if self._hot_count:
-            self._hot[:] = bytes(self.bitmap_size)
-            self._hot_count = 0
-            os.pwrite(self._fd, bytes(self.bitmap_size), HEADER_SIZE)
+            hot = bytearray(self.bitmap_size)
+            for index in keep_hot:
+                extent = index // self.chunks_per_extent
+                hot[extent >> 3] |= 1 << (extent & 7)
+            if hot != self._hot:
+                self._hot[:] = hot
+                self._hot_count = sum(bin(byte).count("1") for byte in hot)
+                os.pwrite(self._fd, bytes(hot), HEADER_SIZE)
 
     def _write_records(self, start: int, stop: int) -> None:
         states, passes, digests = self._states, self._passes, self._digests

@@ -18,8 +18,10 @@ import fcntl
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blockmap import ABSENT, DATA, FULL_PASS, INCREMENTAL_PASS, ZERO, BlockMap, MapSnapshot, map_path_for
@@ -82,6 +84,16 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += written
 
 
+@dataclass
+class _Batch:
+    """Chunks written since the last batch, on their way to being durable and recorded."""
+
+    entries: list[tuple[int, int, bytes]]  # (chunk, state, digest)
+    thread: threading.Thread | None = None
+    sync_error: OSError | None = None
+    failed: list[int] = field(default_factory=list)  # chunks that read back wrong
+
+
 class TargetWriter:
     """Writes one replica disk, keeps its block map, and says what the target holds.
 
@@ -116,7 +128,10 @@ class TargetWriter:
         self._pending_bytes = 0
         self._last_flush = clock()
         self._can_punch = True
-        self._check_buffer: bytearray | None = None
+        self._check_buffer: bytearray | None = None  # read-back buffer; one settling batch at a time uses it
+        self._settling: _Batch | None = None
+        self._last_hot: int | None = None
+        self._closing = False  # finishing or aborting: cool every extent
         self._fd, fresh, target_ino = self._open_target()
         try:
             self._map = BlockMap.open(
@@ -253,11 +268,14 @@ class TargetWriter:
         return actual == digest
 
     def checkpoint(self) -> None:
-        """Make everything written so far durable and recorded (before a cancel, or on a timer)."""
+        """Make everything written so far durable and recorded, every extent cool (before a pause)."""
+        self._closing = True
         self._flush()
+        self._closing = False
 
     def finish(self) -> str | None:
         """Close the pass; returns the target's whole-disk digest as the map records it."""
+        self._closing = True
         self._flush()
         self._map.end_pass()
         return self.disk_digest()
@@ -272,6 +290,10 @@ class TargetWriter:
 
     def abort(self) -> None:
         """After a failure: keep what is durable (a later run resumes from it), never more."""
+        self._closing = True
+        if self._settling is not None:
+            with contextlib.suppress(MirrorError, OSError):
+                self._commit(self._settling)
         with contextlib.suppress(MirrorError, OSError):
             self._flush()
 
@@ -288,56 +310,105 @@ class TargetWriter:
     # ------------------------------------------------------------ durability
 
     def _mark_hot(self, index: int) -> None:
+        self._last_hot = index
         try:
             self._map.mark_hot(index)
         except OSError as exc:
             raise MirrorError(f"cannot update the block map {self._map.path}: {exc.strerror}") from None
 
     def _maybe_flush(self) -> None:
+        batch = self._settling
+        if batch is not None and not batch.thread.is_alive():
+            self._commit(batch)
         if (
             self._pending_bytes >= self._flush_bytes
             or self._map.dirty_count >= _FLUSH_RECORDS
             or self._clock() - self._last_flush >= self._flush_seconds
         ):
-            self._flush()
+            self._settle_in_background()
+
+    def _settle_in_background(self) -> None:
+        """Hand the written batch to a thread that fdatasyncs and re-reads it, and keep writing meanwhile:
+        the disk is busy with one batch while the next one arrives (at most one batch settles at a time)."""
+        if self._settling is not None:
+            self._commit(self._settling)
+        batch = self._take_batch()
+        if batch.entries:
+            batch.thread = threading.Thread(target=self._settle, args=(batch,), name="mirror-fdatasync")
+            batch.thread.start()
+            self._settling = batch
+        else:
+            self._commit(batch)
 
     def _flush(self) -> None:
-        """fdatasync the data, re-read it if verifying, then record it: in that order, always."""
-        pending, self._pending = self._pending, []
+        """Settle and record everything written so far, now (checkpoint, finish, abort)."""
+        if self._settling is not None:
+            self._commit(self._settling)
+        batch = self._take_batch()
+        self._settle(batch)
+        self._commit(batch)
+
+    def _take_batch(self) -> _Batch:
+        batch = _Batch(self._pending)
+        self._pending = []
         self._pending_bytes = 0
         self._last_flush = self._clock()
-        pass_number = self._map.pass_number
-        failure: MirrorError | None = None
-        if pending:
-            try:
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                for index, _state, _digest in pending:
-                    self._map.set(index, ABSENT, 0, b"")
-                with contextlib.suppress(OSError):  # if this fails too, the hot extents still distrust them
-                    self._map.flush()
-                raise self._write_error(exc, pending[0][0] * self.chunk_size) from None
-        for index, state, digest in pending:
-            if self._verify:
-                offset = index * self.chunk_size
-                actual_state, actual = self._read_back(offset, self._map.chunk_length(index))
-                if actual_state != state or (state == DATA and actual != digest):
-                    failure = failure or MirrorError(
-                        f"verification failed at offset {offset}: the target disk {self.path} returned other "
-                        "data than was written; check the target storage, then run again"
-                    )
-                    self._map.set(index, ABSENT, 0, b"")
-                    continue
-            self._map.set(index, state, pass_number, digest)
+        return batch
+
+    def _settle(self, batch: _Batch) -> None:
+        """fdatasync the data, then re-read it if verifying. Touches the target only, never the map, so it
+        may run on its own thread."""
+        if not batch.entries:
+            return
         try:
-            self._map.flush()
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            batch.sync_error = exc
+            return
+        if not self._verify:
+            return
+        for index, state, digest in batch.entries:
+            offset = index * self.chunk_size
+            try:
+                actual_state, actual = self._read_back(offset, min(self.chunk_size, self.size - offset))
+            except (OSError, MirrorError):
+                actual_state, actual = ABSENT, b""
+            if actual_state != state or (state == DATA and actual != digest):
+                batch.failed.append(index)
+
+    def _commit(self, batch: _Batch) -> None:
+        """Record a settled batch: only what reached the disk and read back right is marked done."""
+        if batch.thread is not None:
+            batch.thread.join()
+        if batch is self._settling:
+            self._settling = None
+        pass_number = self._map.pass_number
+        failed = set(batch.failed)
+        for index, state, digest in batch.entries:
+            if batch.sync_error is not None or index in failed:
+                self._map.set(index, ABSENT, 0, b"")
+            else:
+                self._map.set(index, state, pass_number, digest)
+        # Extents of chunks written after this batch stay hot (their data is not durable yet), and so does
+        # the extent being written: cooling it would cost a map fdatasync at the very next chunk.
+        still_hot = [index for index, _state, _digest in self._pending]
+        if self._last_hot is not None and not self._closing:
+            still_hot.append(self._last_hot)
+        try:
+            self._map.flush(keep_hot=still_hot)
         except OSError as exc:
             raise MirrorError(
                 f"cannot update the block map {self._map.path}: {exc.strerror}; "
                 "free space beside the target disk and run again"
             ) from None
-        if failure is not None:
-            raise failure
+        if batch.sync_error is not None:
+            raise self._write_error(batch.sync_error, batch.entries[0][0] * self.chunk_size)
+        if failed:
+            offset = min(failed) * self.chunk_size
+            raise MirrorError(
+                f"verification failed at offset {offset}: the target disk {self.path} returned other "
+                "data than was written; check the target storage, then run again"
+            )
 
     def _read_back(self, offset: int, length: int) -> tuple[int, bytes]:
         """(state, digest) of what the target holds at [offset, offset+length)."""

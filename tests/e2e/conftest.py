@@ -40,15 +40,31 @@ class Migration:
         return {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
 
     def run(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=self.root, env=self.env(),
-                              capture_output=True, text=True, timeout=600, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=self.root,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         if check is not None:
-            assert done.returncode == check, f"migrate {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+            assert done.returncode == check, (
+                f"migrate {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
+            )
         return done
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *args], cwd=self.root, env=self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", *args],
+            cwd=self.root,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     def edit(self, old: str, new: str) -> None:
         text = self.playbook.read_text()
@@ -68,7 +84,9 @@ class Migration:
             if journal.exists():
                 try:
                     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=1)
-                    row = db.execute("SELECT state, progress_done FROM steps WHERE step_id=?", (step_id,)).fetchone()
+                    row = db.execute(
+                        "SELECT state, progress_done FROM steps WHERE step_id=?", (step_id,)
+                    ).fetchone()
                     db.close()
                 except sqlite3.Error:
                     row = None
@@ -90,5 +108,7 @@ def migration(tmp_path: Path, image_cache: Path) -> Iterator[Migration]:
     shutil.copy(REPO / "playbooks" / "quickstart.yaml", tmp_path / "quickstart.yaml")
     (tmp_path / "images").mkdir()
     for image in image_cache.iterdir():
-        subprocess.run(["cp", "--sparse=always", str(image), str(tmp_path / "images" / image.name)], check=True)
+        subprocess.run(
+            ["cp", "--sparse=always", str(image), str(tmp_path / "images" / image.name)], check=True
+        )
     yield Migration(tmp_path)

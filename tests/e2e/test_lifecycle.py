@@ -32,8 +32,14 @@ def test_validate_plan_and_dry_run_touch_nothing(migration: Migration) -> None:
     dry = m.run("execute", PB, "--dry-run", "--report", "dry.json")
     assert "downtime" in dry.stdout.lower()
     report = json.loads((m.root / "dry.json").read_text())
-    assert report["kind"] == "simulation" and {s["name"] for s in report["servers"]} == {"db01", "web01", "app01"}
-    assert all(s["downtime_estimate"] and s["downtime_estimate"] > 60 for s in report["servers"])  # ttl 60 included
+    assert report["kind"] == "simulation" and {s["name"] for s in report["servers"]} == {
+        "db01",
+        "web01",
+        "app01",
+    }
+    assert all(
+        s["downtime_estimate"] and s["downtime_estimate"] > 60 for s in report["servers"]
+    )  # ttl 60 included
     (m.root / "dry.json").unlink()
     assert sorted(p.name for p in m.root.iterdir()) == before  # no journal, no sim host, no zone file
 

@@ -110,7 +110,7 @@ def test_a_second_appliance_when_the_first_would_pass_its_disk_limit() -> None:
     plan = build_plan(playbook(server("a", disks=many), server("b", disks=many)))
     assert plan.node("a/attach_disks").params["appliance_step"].endswith("/0/provision_appliance")
     assert plan.node("b/attach_disks").params["appliance_step"].endswith("/1/provision_appliance")
-    assert 40 + 40 > MAX_DISKS_PER_APPLIANCE
+    assert MAX_DISKS_PER_APPLIANCE < 40 + 40
 
 
 def test_depends_on_orders_cutover_after_the_dependency_is_up() -> None:
