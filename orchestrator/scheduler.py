@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import networkx as nx
 
@@ -18,6 +19,8 @@ from orchestrator.playbook.models import Limits
 from orchestrator.steps.base import StepNode
 
 Slot = tuple[str, str]
+# A slot held by more selected steps than this is "crowded": its waiters queue by group, not one by one.
+CROWDED_SLOT_HOLDERS = 32
 
 
 def capacities(limits: Limits) -> dict[str, int]:
@@ -86,7 +89,22 @@ class Scheduler:
         self.parked: set[str] = set()  # waiting for a retry timer
         self._missing: dict[str, int] = {}
         self._ready: list[tuple[float, str]] = []
-        self._waiters: dict[Slot, list[tuple[float, str]]] = defaultdict(list)
+        # Steps that are ready but find a slot full wait, each in ONE queue, until that slot frees a unit.
+        # A step needing a crowded slot (one that hundreds of steps hold, such as a target host or the
+        # global "servers" slot) waits inside the group of steps needing the same crowded slots, and the
+        # whole group queues as one entry: when "servers" and a target host are both full, moving one
+        # entry between their queues replaces moving every waiting mirror, which made a 10,000-server
+        # wave cost seconds of queue shuffling.
+        self._queues: dict[Slot, list[Any]] = defaultdict(list)  # small slot: (prio, node); crowded: group
+        self._groups: dict[tuple[Slot, ...], list[tuple[float, str]]] = defaultdict(list)
+        self._home: dict[tuple[Slot, ...], Slot | None] = {}  # the crowded slot a group queues at
+        self._waiting = 0
+        self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...]]] = {}
+        holders: dict[Slot, int] = defaultdict(int)
+        for node in self.selected:
+            for slot in self._steps[node].slots:
+                holders[slot] += 1
+        self._crowded = {slot for slot, count in holders.items() if count > CROWDED_SLOT_HOLDERS}
         for node in self.selected:
             missing = sum(1 for p in graph.predecessors(node) if p not in self.done)
             self._missing[node] = missing
@@ -101,7 +119,7 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         """Nothing runs, nothing can start, nothing waits for a timer: this invocation is over."""
-        return not self.running and not self._ready and not self.parked and not any(self._waiters.values())
+        return not self.running and not self._ready and not self.parked and not self._waiting
 
     def unreached(self) -> list[str]:
         """Selected steps that never became ready: they wait for steps outside this invocation."""
@@ -121,12 +139,17 @@ class Scheduler:
         started: list[str] = []
         while self._ready:
             prio, node = heapq.heappop(self._ready)
-            blocker = self._blocking_slot(node)
-            if blocker is not None:
-                heapq.heappush(self._waiters[blocker], (prio, node))
+            if self._blocker(node) is not None:
+                self._wait(prio, node)
                 continue
             self._take(node)
             started.append(node)
+        if not started and not self.running and self._waiting:
+            # Nothing runs, so no slot will ever free a unit again: hand every waiter back (a step
+            # handed a unit can lose it to a better one started in the same round, leaving others
+            # queued behind a slot that has room).
+            self._requeue_all()
+            return self.startable()
         return started
 
     def finish(self, node: str, ok: bool) -> list[str]:
@@ -160,10 +183,8 @@ class Scheduler:
 
     def cancel_pending(self) -> list[str]:
         """Stop starting anything (Ctrl-C); returns what will not run."""
-        dropped = [n for _, n in self._ready] + list(self.parked)
-        dropped += [n for heap in self._waiters.values() for _, n in heap]
+        dropped = [n for _, n in self._ready] + list(self.parked) + self._drain_waiters()
         self._ready.clear()
-        self._waiters.clear()
         self.parked.clear()
         return dropped
 
@@ -178,12 +199,48 @@ class Scheduler:
     def _push(self, node: str) -> None:
         heapq.heappush(self._ready, (-self.priority.get(node, 0.0), node))
 
-    def _blocking_slot(self, node: str) -> Slot | None:
-        for slot in self._steps[node].slots:
-            cap = self.capacity.get(slot[0])
-            if cap is not None and self.used[slot] >= cap:
+    def _slots(self, node: str) -> tuple[tuple[Slot, ...], tuple[Slot, ...]]:
+        """The node's limited slots, crowded ones first: (crowded, small)."""
+        split = self._split.get(node)
+        if split is None:
+            limited = [slot for slot in self._steps[node].slots if slot[0] in self.capacity]
+            split = (
+                tuple(slot for slot in limited if slot in self._crowded),
+                tuple(slot for slot in limited if slot not in self._crowded),
+            )
+            self._split[node] = split
+        return split
+
+    def _full(self, slots: tuple[Slot, ...]) -> Slot | None:
+        used, capacity = self.used, self.capacity
+        for slot in slots:
+            if used[slot] >= capacity[slot[0]]:
                 return slot
         return None
+
+    def _blocker(self, node: str) -> Slot | None:
+        crowded, small = self._slots(node)
+        return self._full(crowded) or self._full(small)
+
+    def _blocking_slot(self, node: str) -> Slot | None:
+        return self._blocker(node)
+
+    def _wait(self, prio: float, node: str) -> None:
+        """Queue a ready step behind the slot that blocks it (or its group behind that crowded slot)."""
+        self._waiting += 1
+        crowded, small = self._slots(node)
+        blocker = self._full(crowded)
+        if blocker is None:
+            heapq.heappush(self._queues[self._full(small) or small[0]], (prio, node))
+            return
+        members = self._groups[crowded]
+        heapq.heappush(members, (prio, node))
+        home = self._home.get(crowded)
+        if home is None:
+            self._home[crowded] = blocker
+            heapq.heappush(self._queues[blocker], (prio, node, crowded))
+        elif members[0][1] == node:  # a new best member: requeue the group under its new key
+            heapq.heappush(self._queues[home], (prio, node, crowded))
 
     def _take(self, node: str) -> None:
         self.running.add(node)
@@ -194,14 +251,68 @@ class Scheduler:
         if node not in self.running:
             return
         self.running.discard(node)
-        for slot in self._steps[node].slots:
+        slots = self._steps[node].slots
+        for slot in slots:
             self.used[slot] -= 1
-            waiters = self._waiters.get(slot)
-            # Hand the freed unit to the best waiter; if it is blocked elsewhere it moves to that queue.
-            while waiters and self.used[slot] < self.capacity.get(slot[0], 1 << 30):
-                prio, waiter = heapq.heappop(waiters)
-                other = self._blocking_slot(waiter)
-                if other is None:
-                    heapq.heappush(self._ready, (prio, waiter))
+        for slot in slots:
+            if slot in self._queues:
+                self._hand_over(slot)
+
+    def _hand_over(self, slot: Slot) -> None:
+        """Give the freed unit to the best waiter that fits; waiters blocked elsewhere move there."""
+        queue = self._queues[slot]
+        capacity = self.capacity.get(slot[0], 1 << 30)
+        while queue and self.used[slot] < capacity:
+            entry = heapq.heappop(queue)
+            if len(entry) == 2:  # a single step behind a small slot
+                prio, node = entry
+                self._waiting -= 1
+                if self._blocker(node) is None:
+                    heapq.heappush(self._ready, (prio, node))
+                    return
+                self._wait(prio, node)
+                continue
+            prio, top, group = entry
+            members = self._groups[group]
+            if self._home.get(group) != slot or not members or members[0] != (prio, top):
+                continue  # superseded by a later entry of the same group
+            blocker = self._full(group)
+            if blocker is not None:
+                self._home[group] = blocker
+                heapq.heappush(self._queues[blocker], entry)
+                continue
+            handed = False
+            while members:
+                prio, node = heapq.heappop(members)
+                self._waiting -= 1
+                small = self._full(self._slots(node)[1])
+                if small is None:
+                    heapq.heappush(self._ready, (prio, node))
+                    handed = True
                     break
-                heapq.heappush(self._waiters[other], (prio, waiter))
+                self._waiting += 1
+                heapq.heappush(self._queues[small], (prio, node))
+            if members:
+                heapq.heappush(queue, (*members[0], group))
+            else:
+                self._home[group] = None
+            if handed:
+                return
+
+    def _drain_waiters(self) -> list[str]:
+        nodes = [entry[1] for queue in self._queues.values() for entry in queue if len(entry) == 2]
+        nodes += [node for members in self._groups.values() for _, node in members]
+        self._queues.clear()
+        self._groups.clear()
+        self._home.clear()
+        self._waiting = 0
+        return nodes
+
+    def _requeue_all(self) -> None:
+        waiting = [
+            (entry[0], entry[1]) for queue in self._queues.values() for entry in queue if len(entry) == 2
+        ]
+        waiting += [member for members in self._groups.values() for member in members]
+        self._drain_waiters()
+        for entry in waiting:
+            heapq.heappush(self._ready, entry)

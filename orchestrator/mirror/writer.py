@@ -6,6 +6,10 @@ agent can run it next to the target disk and the reader next to the source, with
 what is durable. Everything about crash safety lives here: the order "mark the extent hot, write the data,
 fdatasync it, verify it, then record it" is what lets a killed copy resume without trusting a record whose
 data may be missing (see blockmap.py).
+
+Written chunks are settled in batches (every ``flush_bytes`` or ``flush_seconds``): a helper thread
+fdatasyncs and re-reads one batch while the next is being written, so the disk never waits for Python and
+Python rarely waits for the disk; the batch is recorded in the map only once its thread reports back.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class _Batch:
     entries: list[tuple[int, int, bytes]]  # (chunk, state, digest)
     thread: threading.Thread | None = None
     sync_error: OSError | None = None
+    crash: BaseException | None = None
     failed: list[int] = field(default_factory=list)  # chunks that read back wrong
 
 
@@ -298,6 +303,8 @@ class TargetWriter:
             self._flush()
 
     def close(self) -> None:
+        if self._settling is not None and self._settling.thread is not None:
+            self._settling.thread.join()  # never close the fd under a running fdatasync
         self._map.close()
         if self._fd >= 0:
             os.close(self._fd)  # releases the flock
@@ -318,7 +325,7 @@ class TargetWriter:
 
     def _maybe_flush(self) -> None:
         batch = self._settling
-        if batch is not None and not batch.thread.is_alive():
+        if batch is not None and batch.thread is not None and not batch.thread.is_alive():
             self._commit(batch)
         if (
             self._pending_bytes >= self._flush_bytes
@@ -358,6 +365,12 @@ class TargetWriter:
     def _settle(self, batch: _Batch) -> None:
         """fdatasync the data, then re-read it if verifying. Touches the target only, never the map, so it
         may run on its own thread."""
+        try:
+            self._settle_batch(batch)
+        except BaseException as exc:  # a bug here must not let unverified chunks be recorded
+            batch.crash = exc
+
+    def _settle_batch(self, batch: _Batch) -> None:
         if not batch.entries:
             return
         try:
@@ -385,7 +398,7 @@ class TargetWriter:
         pass_number = self._map.pass_number
         failed = set(batch.failed)
         for index, state, digest in batch.entries:
-            if batch.sync_error is not None or index in failed:
+            if batch.sync_error is not None or batch.crash is not None or index in failed:
                 self._map.set(index, ABSENT, 0, b"")
             else:
                 self._map.set(index, state, pass_number, digest)
@@ -401,6 +414,8 @@ class TargetWriter:
                 f"cannot update the block map {self._map.path}: {exc.strerror}; "
                 "free space beside the target disk and run again"
             ) from None
+        if batch.crash is not None:
+            raise batch.crash
         if batch.sync_error is not None:
             raise self._write_error(batch.sync_error, batch.entries[0][0] * self.chunk_size)
         if failed:

@@ -85,8 +85,9 @@ class Bandwidth(Model):
 
 
 class MirrorOptions(Model):
-    compression: Literal["zstd", "zlib", "none"] = Field("zstd", description="on the wire; skipped per chunk "
-                                                          "when it does not pay")
+    compression: Literal["zstd", "zlib", "none"] = Field(
+        "zstd", description="on the wire; skipped per chunk when it does not pay"
+    )
     compression_level: int = Field(3, ge=1, le=19)
     verify: bool = Field(True, description="compare per-chunk hashes after writing, then a whole-disk digest")
     chunk_size: Size = Field(4 * 1024**2, description="unit of hashing, transfer and resume")
@@ -102,11 +103,17 @@ class MirrorOptions(Model):
 
 
 class CutoverOptions(Model):
-    mode: Literal["manual", "auto"] = Field("manual", description="auto: cut over as soon as the mirror is in "
-                                            "sync; manual: stop at the cutover gate and wait for `migrate cutover`")
+    mode: Literal["manual", "auto"] = Field(
+        "manual",
+        description="auto: cut over as soon as the mirror is in "
+        "sync; manual: stop at the cutover gate and wait for `migrate cutover`",
+    )
     shutdown_source: bool = Field(True, description="shut the source down after the final sync")
-    pre_script: str | None = Field(None, description="command run on the orchestrator before cutover; "
-                                   "a failure stops the cutover with the source untouched")
+    pre_script: str | None = Field(
+        None,
+        description="command run on the orchestrator before cutover; "
+        "a failure stops the cutover with the source untouched",
+    )
     post_script: str | None = Field(None, description="command run after the replica answers and DNS moved")
     script_timeout: Duration = Field(600, description="how long a pre/post script may run")
     boot_timeout: Duration = Field(600, description="how long to wait for the replica to answer")
@@ -114,7 +121,9 @@ class CutoverOptions(Model):
 
 class SyncOptions(Model):
     interval: Duration = Field(3600, description="time between incremental passes while waiting at the gate")
-    max_lag: Duration = Field(86400, description="cutover refuses when the last pass is older (unless forced)")
+    max_lag: Duration = Field(
+        86400, description="cutover refuses when the last pass is older (unless forced)"
+    )
 
 
 class Limits(Model):
@@ -132,8 +141,12 @@ class SimulationModel(Model):
     disk_read: Rate = Field(400 * 1024**2, description="source disk read throughput")
     disk_write: Rate = Field(400 * 1024**2, description="target disk write throughput")
     compression_ratio: float = Field(0.6, gt=0, le=1, description="bytes on the wire / bytes read")
-    zero_fraction: float | None = Field(None, ge=0, lt=1, description="share of zero chunks; None: measure "
-                                        "from the source where it can be read, else 0.5")
+    zero_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of zero chunks; None: measure from the source where it can be read, else 0.5",
+    )
     change_rate: Rate = Field(2 * 1024**2 // 60, description="bytes/s the source changes while running")
     appliance_boot: Duration = 120
     vm_create: Duration = 15
@@ -164,8 +177,9 @@ class SimProviderConfig(Model):
     type: Literal["sim"]
     root: Path = Field(Path("./sim-hypervisor"), description="directory holding the simulated host")
     host: str = Field("sim-host-1", description="name of the simulated host")
-    datastores: dict[str, Size] = Field(default_factory=lambda: {"default": 64 * 1024**3},
-                                        description="datastore name -> capacity")
+    datastores: dict[str, Size] = Field(
+        default_factory=lambda: {"default": 64 * 1024**3}, description="datastore name -> capacity"
+    )
     networks: list[str] = Field(default_factory=lambda: ["prod", "test", "isolated"])
     firmware: list[Literal["bios", "uefi"]] = Field(default_factory=lambda: ["bios", "uefi"])
     max_nics: int = Field(16, ge=1)
@@ -175,7 +189,9 @@ class KvmProviderConfig(Model):
     type: Literal["kvm"]
     uri: str = Field("qemu:///system", description="any libvirt URI: qemu:///system, qemu+ssh://host/system")
     storage_pool: str = "default"
-    domain_type: Literal["kvm", "qemu"] | None = Field(None, description="force qemu (TCG) where kvm is absent")
+    domain_type: Literal["kvm", "qemu"] | None = Field(
+        None, description="force qemu (TCG) where kvm is absent"
+    )
     ssh_key: Path | None = None
     known_hosts: Path | None = None
 
@@ -223,8 +239,9 @@ ProviderConfig = Annotated[
 
 class Tsig(Model):
     name: str
-    algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"] = (
-        "hmac-sha256")
+    algorithm: Literal[
+        "hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha224", "hmac-sha1", "hmac-md5"
+    ] = "hmac-sha256"
     secret: SecretStr
 
 
@@ -268,8 +285,9 @@ class ImageSource(Model):
     path: Path
     size: Size | None = Field(None, description="declared size; the image must be at least this large")
     hostname: str | None = None
-    firmware: Literal["bios", "uefi"] | None = Field(None, description="default: detected from the "
-                                                     "partition table (GPT with an EFI partition: uefi)")
+    firmware: Literal["bios", "uefi"] | None = Field(
+        None, description="default: detected from the partition table (GPT with an EFI partition: uefi)"
+    )
     extra_disks: list[Path] = Field(default_factory=list, description="more images of the same server")
 
 
@@ -317,9 +335,12 @@ SourceConfig = Annotated[ImageSource | SshSource | WinrmSource | VmSource, Field
 
 class DiskMap(Model):
     source: str = Field(description="source disk: /dev/vda, PhysicalDrive0, or an image file name")
-    format: Literal["raw", "qcow2", "vmdk", "vhdx", "vhd"] | None = Field(None, description="default: the "
-                                                                          "target's native format")
-    datastore: str | None = Field(None, description="datastore / storage pool / volume; default: the target's")
+    format: Literal["raw", "qcow2", "vmdk", "vhdx", "vhd"] | None = Field(
+        None, description="default: the target's native format"
+    )
+    datastore: str | None = Field(
+        None, description="datastore / storage pool / volume; default: the target's"
+    )
     size: Size | Literal["auto"] = Field("auto", description="auto: the source disk's size")
     provisioning: Literal["thin", "thick", "eager_zeroed"] = "thin"
     controller: Literal["virtio", "scsi", "sata", "ide", "nvme"] | None = None
@@ -331,7 +352,8 @@ class NicMap(Model):
     network: str | None = Field(None, description="target network / port group / virtual switch")
     test_network: str | None = Field(None, description="isolated network used by a test cutover")
     ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | Literal["dhcp", "keep"] = Field(
-        "keep", description="CIDR address, dhcp, or keep the source's")
+        "keep", description="CIDR address, dhcp, or keep the source's"
+    )
     gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     dns: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(default_factory=list)
     mac: str = Field("keep", description="keep the source MAC, new for a generated one, or a MAC")
@@ -362,8 +384,10 @@ class TargetSpec(Model):
     firmware: Literal["auto", "bios", "uefi"] = Field("auto", description="auto: as the source")
     generation: Literal[1, 2] | None = Field(None, description="Hyper-V generation; default from firmware")
     appliance: Literal["shared", "dedicated", "host"] = Field(
-        "shared", description="shared: one recovery appliance per target host; dedicated: one per server; "
-        "host: write on the hypervisor host itself")
+        "shared",
+        description="shared: one recovery appliance per target host; dedicated: one per server; "
+        "host: write on the hypervisor host itself",
+    )
     datastore: str | None = Field(None, description="where the VM's own files go")
     folder: str | None = None
     resource_pool: str | None = None

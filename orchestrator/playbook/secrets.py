@@ -106,6 +106,11 @@ SecretStr = Annotated[
     Secret,
     PlainValidator(_to_secret),
     PlainSerializer(lambda s: MASK, return_type=str),
-    WithJsonSchema({"type": "string", "description": "a ${env:NAME} or ${file:PATH} reference (or, "
-                    "discouraged, the secret itself); always shown as ***"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "a ${env:NAME} or ${file:PATH} reference (or, "
+            "discouraged, the secret itself); always shown as ***",
+        }
+    ),
 ]

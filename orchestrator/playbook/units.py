@@ -14,13 +14,32 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
-    "p": 1000**5, "pb": 1000**5, "pib": 1024**5, "pi": 1024**5,
-    "e": 1000**6, "eb": 1000**6, "eib": 1024**6, "ei": 1024**6,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+    "p": 1000**5,
+    "pb": 1000**5,
+    "pib": 1024**5,
+    "pi": 1024**5,
+    "e": 1000**6,
+    "eb": 1000**6,
+    "eib": 1024**6,
+    "ei": 1024**6,
 }
 _SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 MAX_SIZE = 1024**6  # 1 EiB: nothing real is bigger, a typo often is.
@@ -81,8 +100,11 @@ def parse_rate(value: Any) -> int:
         # parse_size's own wording ("a size such as 4GiB") would mislead on a rate field.
         if not str(exc).startswith("expected a size"):
             raise
-        shown = repr(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else (
-            "a boolean" if isinstance(value, bool) else _kind(value))
+        shown = (
+            repr(value)
+            if isinstance(value, str | int | float) and not isinstance(value, bool)
+            else ("a boolean" if isinstance(value, bool) else _kind(value))
+        )
         raise ValueError(f"expected a rate such as 200MiB/s, 1Gbit/s or 100Mbps, got {shown}") from None
     if rate == 0:
         raise ValueError("a bandwidth limit of 0 would never finish; omit the limit for no limit")
@@ -98,7 +120,11 @@ def parse_duration(value: Any) -> float:
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         parts = _DURATION_RE.findall(text)
-        if not text or "".join(n + u for n, u in parts) != text or any(u not in _DURATION_UNITS for _, u in parts):
+        if (
+            not text
+            or "".join(n + u for n, u in parts) != text
+            or any(u not in _DURATION_UNITS for _, u in parts)
+        ):
             raise ValueError(f"expected a duration such as 30s, 5m, 1h or 1h30m, got {value!r}")
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
@@ -125,7 +151,7 @@ def format_duration(seconds: float) -> str:
     """``1h 02m``, ``4m 10s`` or ``12.3s``: precise where it matters, short where it does not."""
     if seconds < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m {secs:02d}s"
     hours, minutes = divmod(minutes, 60)
@@ -136,14 +162,21 @@ def format_duration(seconds: float) -> str:
 
 
 _SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGTPEkmgtpe][iI]?)?[Bb]?\s*$"  # exactly what parse_size accepts
-_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE_PATTERN}],
-                "description": "bytes, or a number with a unit: 512MiB, 4GiB, 100GB"}
-_RATE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
-                "description": "bytes per second: 200MiB/s, 1Gbit/s"}
-_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
-                    "description": "seconds, or 30s, 5m, 1h, 1h30m, 2d"}
+_SIZE_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE_PATTERN}],
+    "description": "bytes, or a number with a unit: 512MiB, 4GiB, 100GB",
+}
+_RATE_SCHEMA = {
+    "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
+    "description": "bytes per second: 200MiB/s, 1Gbit/s",
+}
+_DURATION_SCHEMA = {
+    "anyOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
+    "description": "seconds, or 30s, 5m, 1h, 1h30m, 2d",
+}
 
 Size = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHEMA)]
 Rate = Annotated[int, BeforeValidator(parse_rate), WithJsonSchema(_RATE_SCHEMA)]
-Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA),
-                     PlainSerializer(float)]
+Duration = Annotated[
+    float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA), PlainSerializer(float)
+]

@@ -229,7 +229,7 @@ def test_journal_from_newer_version_is_refused_untouched(tmp_path: Path) -> None
 def test_corrupt_journal_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite"
     path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(JournalError, match="corrupt|not an hvmigrate journal"):
+    with pytest.raises(JournalError, match=r"corrupt|not an hvmigrate journal"):
         Journal(tmp_path)
     assert path.read_bytes() == b"this is not sqlite at all" * 100
 

@@ -324,8 +324,9 @@ def test_verify_finds_corruption_and_incremental_repairs_it(source: Path, tmp_pa
     assert mirror(source, target, mode="verify").differing_ranges == []
 
 
+@pytest.mark.parametrize("flush_bytes", [CHUNK, 256 * MiB], ids=["settled-in-background", "settled-at-end"])
 def test_verify_after_write_catches_storage_returning_other_data(
-    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flush_bytes: int
 ) -> None:
     """A target that silently stores other bytes than it was given (the read-back check exists for it)."""
     real_pwrite_all = writer_module.pwrite_all
@@ -338,7 +339,7 @@ def test_verify_after_write_catches_storage_returning_other_data(
     monkeypatch.setattr(writer_module, "pwrite_all", lying_pwrite_all)
     target = tmp_path / "target.img"
     with pytest.raises(MirrorError, match=f"verification failed at offset {5 * CHUNK}"):
-        mirror(source, target)
+        mirror(source, target, flush_bytes=flush_bytes)
     blockmap = _load_map(target)
     assert blockmap.state(5) == ABSENT
     assert blockmap.state(0) == DATA  # recorded in an earlier batch... or the same one, before chunk 5
