@@ -205,22 +205,10 @@ def execute(
 
 def _dry_run(session: Any, report_path: Path | None) -> None:
     from orchestrator.report import write_report
-    from orchestrator.report.model import FindingView
     from orchestrator.report.terminal import render_report
     from orchestrator.simulate import simulate
 
-    findings = _findings(session, offline=False)
-    views = [
-        FindingView(
-            rule_id=f.rule_id,
-            severity=_severity(f),
-            message=f.message,
-            fix=f.fix,
-            server=f.server,
-            location=f.location,
-        )
-        for f in findings
-    ]
+    views = _finding_views(_findings(session, offline=False))
     result = simulate(session.plan, session.playbook, findings=views)
     render_report(result.report, console)
     if report_path:
@@ -521,12 +509,10 @@ def report(playbook: Path, state_dir: Path | None, fmt: str, output: Path | None
         click.echo(text, nl=False)
 
 
-def _run_report(session: Any, journal: Any) -> Any:
-    from orchestrator.report.from_journal import build_run_report
+def _finding_views(findings: list[Any]) -> list[Any]:
     from orchestrator.report.model import FindingView
 
-    findings = _findings(session, offline=True)
-    views = [
+    return [
         FindingView(
             rule_id=f.rule_id,
             severity=_severity(f),
@@ -537,9 +523,28 @@ def _run_report(session: Any, journal: Any) -> Any:
         )
         for f in findings
     ]
-    return build_run_report(
-        session.plan, session.playbook, journal, playbook_path=str(session.loaded.path), findings=views
+
+
+def _run_report(session: Any, journal: Any) -> Any:
+    """The recorded run, with the dry run's downtime estimate beside each measured downtime."""
+    from orchestrator.report.from_journal import build_run_report
+    from orchestrator.simulate import simulate
+
+    skipped = {"inventory.not_inspected", "facts.not_discovered"}  # a run report checks the playbook only
+    findings = [f for f in _findings(session, offline=True) if f.rule_id not in skipped]
+    report = build_run_report(
+        session.plan,
+        session.playbook,
+        journal,
+        playbook_path=str(session.loaded.path),
+        findings=_finding_views(findings),
     )
+    predicted = {s.name: s for s in simulate(session.plan, session.playbook).report.servers}
+    for server in report.servers:
+        if server.name in predicted:
+            server.downtime_estimate = predicted[server.name].downtime_estimate
+            server.downtime_breakdown = predicted[server.name].downtime_breakdown
+    return report
 
 
 def _write_run_report(session: Any, journal: Any, path: Path) -> None:

@@ -99,6 +99,7 @@ class Scheduler:
         self._groups: dict[tuple[Slot, ...], list[tuple[float, str]]] = defaultdict(list)
         self._home: dict[tuple[Slot, ...], Slot | None] = {}  # the crowded slot a group queues at
         self._waiting = 0
+        self._handed: dict[str, Slot] = {}  # ready steps that were handed a unit of this slot
         self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...]]] = {}
         holders: dict[Slot, int] = defaultdict(int)
         for node in self.selected:
@@ -136,20 +137,31 @@ class Scheduler:
 
     def startable(self) -> list[str]:
         """Pop every step that can start now and take its slots."""
+        started = self._start_ready()
+        if not started and not self.running and self._waiting:
+            # Nothing runs, so no slot will ever free a unit again: whatever still waits can start now.
+            self._requeue_all()
+            started = self._start_ready()
+        return started
+
+    def _start_ready(self) -> list[str]:
         started: list[str] = []
         while self._ready:
-            prio, node = heapq.heappop(self._ready)
-            if self._blocker(node) is not None:
-                self._wait(prio, node)
-                continue
-            self._take(node)
-            started.append(node)
-        if not started and not self.running and self._waiting:
-            # Nothing runs, so no slot will ever free a unit again: hand every waiter back (a step
-            # handed a unit can lose it to a better one started in the same round, leaving others
-            # queued behind a slot that has room).
-            self._requeue_all()
-            return self.startable()
+            again: list[Slot] = []
+            while self._ready:
+                prio, node = heapq.heappop(self._ready)
+                handed_by = self._handed.pop(node, None)
+                if self._blocker(node) is not None:
+                    # A better step took a unit it needs in this same round; the unit it was handed
+                    # goes to the next waiter of that slot instead of idling.
+                    self._wait(prio, node)
+                    if handed_by is not None:
+                        again.append(handed_by)
+                    continue
+                self._take(node)
+                started.append(node)
+            for slot in again:
+                self._hand_over(slot)
         return started
 
     def finish(self, node: str, ok: bool) -> list[str]:
@@ -185,6 +197,7 @@ class Scheduler:
         """Stop starting anything (Ctrl-C); returns what will not run."""
         dropped = [n for _, n in self._ready] + list(self.parked) + self._drain_waiters()
         self._ready.clear()
+        self._handed.clear()
         self.parked.clear()
         return dropped
 
@@ -226,19 +239,22 @@ class Scheduler:
         return self._blocker(node)
 
     def _wait(self, prio: float, node: str) -> None:
-        """Queue a ready step behind the slot that blocks it (or its group behind that crowded slot)."""
+        """Queue a blocked step behind the slot that blocks it (or its group behind that crowded slot)."""
         self._waiting += 1
         crowded, small = self._slots(node)
         blocker = self._full(crowded)
         if blocker is None:
-            heapq.heappush(self._queues[self._full(small) or small[0]], (prio, node))
+            small_blocker = self._full(small)
+            assert small_blocker is not None, f"{node} waits but no slot of it is full"
+            heapq.heappush(self._queues[small_blocker], (prio, node))
             return
         members = self._groups[crowded]
         heapq.heappush(members, (prio, node))
         home = self._home.get(crowded)
-        if home is None:
+        if home is None or self.used[home] < self.capacity[home[0]]:
+            # Queue the group where it is blocked now: a home with room would never wake it.
             self._home[crowded] = blocker
-            heapq.heappush(self._queues[blocker], (prio, node, crowded))
+            heapq.heappush(self._queues[blocker], (*members[0], crowded))
         elif members[0][1] == node:  # a new best member: requeue the group under its new key
             heapq.heappush(self._queues[home], (prio, node, crowded))
 
@@ -269,6 +285,7 @@ class Scheduler:
                 self._waiting -= 1
                 if self._blocker(node) is None:
                     heapq.heappush(self._ready, (prio, node))
+                    self._handed[node] = slot
                     return
                 self._wait(prio, node)
                 continue
@@ -288,6 +305,7 @@ class Scheduler:
                 small = self._full(self._slots(node)[1])
                 if small is None:
                     heapq.heappush(self._ready, (prio, node))
+                    self._handed[node] = slot
                     handed = True
                     break
                 self._waiting += 1

@@ -17,6 +17,7 @@ from .writer import TargetWriter
 
 BUFFER_BUDGET = 16 * 1024**2  # bytes of chunk buffers in flight per disk
 MAX_QUEUED_MESSAGES = 1024
+TICK_SECONDS = 0.5  # an idle writer (reader throttled or slow) still settles and records on time
 _STOP = ("stop",)
 
 
@@ -77,7 +78,10 @@ class ThreadedWriter:
     def _run(self) -> None:
         writer = self._writer
         while True:
-            op = self._ops.get()
+            try:
+                op = self._ops.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                op = ("tick",)
             kind = op[0]
             if kind == "stop":
                 return
@@ -90,6 +94,8 @@ class ThreadedWriter:
                         writer.zero(op[1], op[2])
                     elif kind == "confirm":
                         writer.confirm(op[1], op[2])
+                    else:
+                        writer.tick()
             except BaseException as exc:  # MirrorError, or a bug: either must surface in the caller's thread
                 self.error = exc
             finally:

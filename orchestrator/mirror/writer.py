@@ -272,6 +272,10 @@ class TargetWriter:
             self._map.flush()
         return actual == digest
 
+    def tick(self) -> None:
+        """Nothing arrived for a while: record a batch that finished settling, start one that is due."""
+        self._maybe_flush()
+
     def checkpoint(self) -> None:
         """Make everything written so far durable and recorded, every extent cool (before a pause)."""
         self._closing = True
