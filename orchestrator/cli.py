@@ -71,8 +71,17 @@ def _session(playbook: Path, state_dir: Path | None) -> Any:
         fail(f"{playbook}: {exc}")
 
 
+class _InOrder(click.Group):
+    """Commands in the order a migration uses them, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
 @click.group(
-    epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+    cls=_InOrder,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
 )
 @click.version_option(__version__, prog_name="hvmigrate")
 def main() -> None:
@@ -187,7 +196,13 @@ def execute(
     report_path: Path | None,
     verbose: bool,
 ) -> None:
-    """Run every step up to the cutover gate (past it if cutover.mode is auto); resumes from the journal."""
+    """Run every step up to the cutover gate (past it if cutover.mode is auto).
+
+    \b
+    Finished steps are never redone: run it again after a failure, a crash or Ctrl-C and it resumes
+    (a mirror resumes at the chunk where it stopped). Ctrl-C stops at a safe point with exit 130.
+    With --dry-run nothing is touched: the whole migration is simulated in virtual time.
+    """
     session = _session(playbook, state_dir)
     if dry_run:
         _dry_run(session, report_path)

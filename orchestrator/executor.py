@@ -218,6 +218,8 @@ class Executor:
         """The steps a command runs: its phases, for its servers (all when None).
 
         ``execute`` asks for the replicate phase and, where a server's cutover mode is auto, its cutover too.
+        Shared nodes (appliances, wave barriers) are always in: one still used by a server outside this
+        command simply waits, and the command reports it as waiting rather than failed.
         """
         wanted = set(phases)
         names = set(servers) if servers else set(self.plan.servers)
@@ -234,9 +236,6 @@ class Executor:
                 continue
             if node.phase in wanted or (auto_cutover and node.phase == "cutover" and node.server in auto):
                 chosen.add(node.id)
-        if servers:  # shared nodes run only as far as the chosen servers need them
-            needed = set().union(*(self.plan.graph.pred[n] for n in chosen)) if chosen else set()
-            chosen = {n for n in chosen if self.plan.node(n).server is not None or n in needed}
         return chosen
 
     # ------------------------------------------------------------ the loop

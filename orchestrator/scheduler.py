@@ -100,14 +100,17 @@ class Scheduler:
         self._home: dict[tuple[Slot, ...], Slot | None] = {}  # the crowded slot a group queues at
         self._waiting = 0
         self._handed: dict[str, Slot] = {}  # ready steps that were handed a unit of this slot
-        self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...]]] = {}
+        # node -> (crowded limited slots, small limited slots, all limited slots with crowded first)
+        self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...], tuple[Slot, ...]]] = {}
         holders: dict[Slot, int] = defaultdict(int)
         for node in self.selected:
             for slot in self._steps[node].slots:
                 holders[slot] += 1
         self._crowded = {slot for slot, count in holders.items() if count > CROWDED_SLOT_HOLDERS}
+        done_set, pred = self.done, graph.pred
         for node in self.selected:
-            missing = sum(1 for p in graph.predecessors(node) if p not in self.done)
+            self._slots(node)
+            missing = sum(1 for p in pred[node] if p not in done_set)
             self._missing[node] = missing
             if missing == 0:
                 self._push(node)
@@ -145,21 +148,28 @@ class Scheduler:
         return started
 
     def _start_ready(self) -> list[str]:
+        # Written flat (no per-step method calls): it runs for every step of a 200,000-step simulation.
         started: list[str] = []
-        while self._ready:
+        ready, used, capacity, handed = self._ready, self.used, self.capacity, self._handed
+        while ready:
             again: list[Slot] = []
-            while self._ready:
-                prio, node = heapq.heappop(self._ready)
-                handed_by = self._handed.pop(node, None)
-                if self._blocker(node) is not None:
-                    # A better step took a unit it needs in this same round; the unit it was handed
-                    # goes to the next waiter of that slot instead of idling.
-                    self._wait(prio, node)
-                    if handed_by is not None:
-                        again.append(handed_by)
+            while ready:
+                prio, node = heapq.heappop(ready)
+                handed_by = handed.pop(node, None) if handed else None
+                for slot in (self._split.get(node) or self._slots(node))[2]:
+                    if used[slot] >= capacity[slot[0]]:
+                        break
+                else:
+                    self.running.add(node)
+                    for slot in self._steps[node].slots:
+                        used[slot] += 1
+                    started.append(node)
                     continue
-                self._take(node)
-                started.append(node)
+                # Blocked. If it had been handed a unit, a better step took another unit it needs in
+                # this same round: that unit goes to the next waiter of its slot instead of idling.
+                self._wait(prio, node)
+                if handed_by is not None:
+                    again.append(handed_by)
             for slot in again:
                 self._hand_over(slot)
         return started
@@ -212,16 +222,14 @@ class Scheduler:
     def _push(self, node: str) -> None:
         heapq.heappush(self._ready, (-self.priority.get(node, 0.0), node))
 
-    def _slots(self, node: str) -> tuple[tuple[Slot, ...], tuple[Slot, ...]]:
-        """The node's limited slots, crowded ones first: (crowded, small)."""
+    def _slots(self, node: str) -> tuple[tuple[Slot, ...], tuple[Slot, ...], tuple[Slot, ...]]:
+        """The node's limited slots: (crowded, small, crowded + small)."""
         split = self._split.get(node)
         if split is None:
             limited = [slot for slot in self._steps[node].slots if slot[0] in self.capacity]
-            split = (
-                tuple(slot for slot in limited if slot in self._crowded),
-                tuple(slot for slot in limited if slot not in self._crowded),
-            )
-            self._split[node] = split
+            crowded = tuple(slot for slot in limited if slot in self._crowded)
+            small = tuple(slot for slot in limited if slot not in self._crowded)
+            split = self._split[node] = (crowded, small, crowded + small)
         return split
 
     def _full(self, slots: tuple[Slot, ...]) -> Slot | None:
@@ -232,16 +240,12 @@ class Scheduler:
         return None
 
     def _blocker(self, node: str) -> Slot | None:
-        crowded, small = self._slots(node)
-        return self._full(crowded) or self._full(small)
-
-    def _blocking_slot(self, node: str) -> Slot | None:
-        return self._blocker(node)
+        return self._full(self._slots(node)[2])
 
     def _wait(self, prio: float, node: str) -> None:
         """Queue a blocked step behind the slot that blocks it (or its group behind that crowded slot)."""
         self._waiting += 1
-        crowded, small = self._slots(node)
+        crowded, small, _ = self._slots(node)
         blocker = self._full(crowded)
         if blocker is None:
             small_blocker = self._full(small)
@@ -257,11 +261,6 @@ class Scheduler:
             heapq.heappush(self._queues[blocker], (*members[0], crowded))
         elif members[0][1] == node:  # a new best member: requeue the group under its new key
             heapq.heappush(self._queues[home], (prio, node, crowded))
-
-    def _take(self, node: str) -> None:
-        self.running.add(node)
-        for slot in self._steps[node].slots:
-            self.used[slot] += 1
 
     def _release(self, node: str) -> None:
         if node not in self.running:

@@ -102,3 +102,20 @@ def test_execute_sync_cutover_status_report_undo(migration: Migration) -> None:
     assert "10.1.0.12" not in zone and "10.1.0.11" not in zone
     assert source_hashes(m) == original  # the source was only ever read
     assert "nothing to undo" in m.run("undo", PB, "--yes").stdout
+
+
+def test_cutover_of_some_servers_respects_depends_on_and_keeps_the_shared_appliance(
+    migration: Migration,
+) -> None:
+    m = migration
+    m.run("execute", PB)
+    early = m.run("cutover", PB, "web01").stdout  # web01 depends on db01, which has not cut over
+    assert "waiting on steps outside this command" in early and "web01/cutover_gate" in early
+    assert not (m.sim / "vms" / "web01.json").exists()
+    m.run("cutover", PB, "db01")
+    assert json.loads((m.sim / "vms" / "db01.json").read_text())
+    assert list((m.sim / "appliances").glob("*.json"))  # still used by web01 and app01
+    m.run("cutover", PB)
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["state"] for s in status["servers"]} == {"cut over"}
+    assert not list((m.sim / "appliances").glob("*.json"))  # released once nobody used it
