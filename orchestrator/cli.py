@@ -383,13 +383,9 @@ def cutover(
     names = list(servers) or None
 
     def forced(_executor: Any, journal: Any) -> None:
-        if force:
+        if force:  # read (and cleared) by each server's cutover gate
             for name in names or session.plan.servers:
-                last = journal.load_checkpoint(f"{name}/last_pass")
-                if last:
-                    import time
-
-                    journal.checkpoint(f"{name}/last_pass", {**last, "finished_at": time.time()})
+                journal.checkpoint(f"{name}/force_cutover", {"by": "migrate cutover --force"})
 
     _run(
         session,

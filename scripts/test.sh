@@ -4,7 +4,7 @@
 # fixtures, never by hand. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(e2fsprogs bind9 bind9-utils)
+packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+from orchestrator.convergence import assess
 from orchestrator.journal import Journal, StepRecord
 from orchestrator.planner import Plan
 from orchestrator.playbook.models import Playbook, Server
@@ -80,7 +81,10 @@ def build_run_report(
             )
         )
 
-    servers = [_server_summary(server, records, journal) for server in playbook.servers]
+    servers = [
+        _server_summary(server, records, journal, playbook.sync_for(server).interval)
+        for server in playbook.servers
+    ]
     runs = journal.runs()
     return RunReport(
         kind="run",
@@ -103,7 +107,9 @@ def build_run_report(
     )
 
 
-def _server_summary(server: Server, records: dict[str, StepRecord], journal: Journal) -> ServerSummary:
+def _server_summary(
+    server: Server, records: dict[str, StepRecord], journal: Journal, interval: float
+) -> ServerSummary:
     name = server.name
     mine = {r.kind: r for r in records.values() if r.server == name}
     disks = (mine.get("create_disks").output or {}).get("disks", []) if "create_disks" in mine else []
@@ -115,7 +121,8 @@ def _server_summary(server: Server, records: dict[str, StepRecord], journal: Jou
     measured = None
     if down_from and down_from.started_at and up and up.state == "done" and up.ended_at:
         measured = up.ended_at - down_from.started_at
-    last_pass = journal.load_checkpoint(f"{name}/last_pass")
+    passes = (journal.load_checkpoint(f"{name}/passes") or {}).get("passes", [])
+    verdict = assess(passes, interval=interval)
     counted = [r for r in mine.values() if r.kind != "cleanup_on_error"]
     return ServerSummary(
         name=name,
@@ -128,7 +135,8 @@ def _server_summary(server: Server, records: dict[str, StepRecord], journal: Jou
         bytes_moved=moved,
         duration=(max(ended) - min(started)) if started and ended else None,
         downtime_measured=measured,
-        lag=(time.time() - last_pass["finished_at"]) if last_pass else None,
+        lag=verdict.lag,
+        convergence=verdict.state if passes else None,
     )
 
 

@@ -78,6 +78,7 @@ class ServerSummary:
     downtime_measured: float | None = None
     downtime_breakdown: dict[str, float] = field(default_factory=dict)
     lag: float | None = None
+    convergence: str | None = None  # converged | converging | NOT_CONVERGING | unknown
 
     def breakdown_items(self) -> list[tuple[str, float]]:
         """The downtime parts in cutover order, unknown parts last (alphabetically) so output is stable."""

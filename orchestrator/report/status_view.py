@@ -9,13 +9,14 @@ from orchestrator.journal import Journal
 from orchestrator.playbook.units import format_duration, format_size
 from orchestrator.report.model import RunReport
 
+_CONVERGENCE = {"NOT_CONVERGING": "[bold yellow]NOT_CONVERGING[/]", "converged": "[green]converged[/]"}
 _STYLE = {"done": "green", "failed": "bold red", "running": "cyan", "pending": "dim", "undone": "magenta"}
 
 
 def render_status(console: Console, report: RunReport, journal: Journal, *, show_steps: bool) -> None:
     records = journal.steps()
     table = Table(title=f"{report.title}  (plan {report.plan_hash})", title_justify="left")
-    for column in ("server", "state", "steps", "current step", "progress", "moved", "last pass", "target"):
+    for column in ("server", "state", "steps", "current step", "progress", "moved", "lag", "sync", "target"):
         table.add_column(column, overflow="fold")
     for server in report.servers:
         running = [r for r in records.values() if r.server == server.name and r.state == "running"]
@@ -57,6 +58,12 @@ def render_status(console: Console, report: RunReport, journal: Journal, *, show
                 timing.message,
             )
         console.print(steps)
+    stuck = [s.name for s in report.servers if s.convergence == "NOT_CONVERGING"]
+    if stuck:
+        console.print(
+            f"[yellow]NOT_CONVERGING: {', '.join(stuck)}[/] - incremental passes stopped shrinking; cut "
+            "over in a quiet window, raise the bandwidth limit, or quiesce the busy service"
+        )
     failed = [r for r in records.values() if r.state == "failed"]
     for record in failed:
         console.print(f"[red]failed[/] {record.step_id}: {record.error}", highlight=False)

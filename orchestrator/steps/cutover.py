@@ -18,12 +18,20 @@ class CutoverGate(Step):
     description = "readiness check before anything disruptive: replica in sync and recent enough"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        last = ctx.load_checkpoint(f"{ctx.server.name}/last_pass")
+        name = ctx.server.name
+        last = ctx.load_checkpoint(f"{name}/last_pass")
         if last is None:
-            raise StepFailed(f"{ctx.server.name} has no completed mirror pass; run `migrate execute` first")
+            raise StepFailed(f"{name} has no completed mirror pass; run `migrate execute` first")
         age = time.time() - last["finished_at"]
         max_lag = ctx.playbook.sync_for(ctx.server).max_lag
-        if age > max_lag:
+        forced = ctx.load_checkpoint(f"{name}/force_cutover")
+        if forced:
+            ctx.checkpoint(f"{name}/force_cutover", None)  # one forced cutover, not a standing exemption
+            ctx.event(
+                f"readiness check overridden with --force (last pass {format_duration(age)} ago)",
+                level="warning",
+            )
+        elif age > max_lag:
             raise StepFailed(
                 f"last sync of {ctx.server.name} finished {format_duration(age)} ago, more than "
                 f"sync.max_lag ({format_duration(max_lag)}); run `migrate sync` first"

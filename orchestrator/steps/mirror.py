@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
+from orchestrator.convergence import assess, record_pass
 from orchestrator.mirror.copier import PassStats, mirror_disk
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
 from orchestrator.mirror.throttle import Throttle
@@ -92,15 +93,23 @@ class _MirrorPass(Step):
         except MirrorError as exc:
             raise StepFailed(str(exc), retryable=getattr(exc, "retryable", False)) from None
         output = self.summarize(ctx, pairs, stats, started)
-        ctx.checkpoint(
-            f"{ctx.server.name}/last_pass",
-            {
-                "mode": self.mode,
-                "finished_at": time.time(),
-                "bytes_written": output["bytes_written"],
-                "duration": output["duration"],
-            },
-        )
+        finished = time.time()
+        entry = {
+            "mode": self.mode,
+            "started_at": started,
+            "finished_at": finished,
+            "bytes_written": output["bytes_written"],
+            "bytes_read": output["bytes_read"],
+            "duration": output["duration"],
+        }
+        name = ctx.server.name
+        ctx.checkpoint(f"{name}/last_pass", entry)
+        passes = record_pass((ctx.load_checkpoint(f"{name}/passes") or {}).get("passes"), entry)
+        ctx.checkpoint(f"{name}/passes", {"passes": passes})
+        verdict = assess(passes, interval=ctx.playbook.sync_for(ctx.server).interval, now=finished)
+        output["convergence"] = verdict.state
+        if verdict.warning:
+            ctx.event(verdict.warning, level="warning")
         edits = reapply_staged_state(ctx)
         if edits:
             output["restaged"] = edits

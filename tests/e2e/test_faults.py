@@ -154,3 +154,19 @@ def test_missing_secret_names_the_variable_never_a_value(migration: Migration) -
         assert "c2VjcmV0LXZhbHVlLTEyMzQ=" not in m.run("schema").stdout
     finally:
         del os.environ["HVM_TEST_TSIG"]
+
+
+def test_cutover_refuses_a_stale_replica_unless_forced(migration: Migration) -> None:
+    m = migration
+    m.edit(
+        "  cutover: {mode: manual, shutdown_source: true}",
+        "  cutover: {mode: manual, shutdown_source: true}\n  sync: {max_lag: 1s}",
+    )
+    m.run("execute", PB)
+    time.sleep(1.5)
+    stale = m.run("cutover", PB, "app01", check=1).stdout
+    assert "app01/cutover_gate" in stale and "run `migrate sync` first" in stale
+    assert not (m.sim / "vms" / "app01.json").exists()  # nothing disruptive happened
+    forced = m.run("cutover", PB, "app01", "--force").stdout
+    assert "app01/verify_replica" in forced
+    assert (m.sim / "vms" / "app01.json").exists()

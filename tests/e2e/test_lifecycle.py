@@ -72,6 +72,7 @@ def test_execute_sync_cutover_status_report_undo(migration: Migration) -> None:
     assert sha256(m.disk("db01-disk1")) == original["db01-data.raw"]
     status = json.loads(m.run("status", PB, "--json").stdout)
     assert {s["name"]: s["state"] for s in status["servers"]}["db01"] == "ready for cutover"
+    assert {s["name"]: s["convergence"] for s in status["servers"]}["db01"] == "converged"
     sync_step = next(s for s in status["steps"] if s["step_id"] == "db01/sync")
     assert sync_step["bytes"] == 2 * 2**20  # two changed 1 MiB chunks, nothing else
 
