@@ -100,19 +100,33 @@ class Scheduler:
         self._home: dict[tuple[Slot, ...], Slot | None] = {}  # the crowded slot a group queues at
         self._waiting = 0
         self._handed: dict[str, Slot] = {}  # ready steps that were handed a unit of this slot
-        # node -> (crowded limited slots, small limited slots, all limited slots with crowded first)
-        self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...], tuple[Slot, ...]]] = {}
+        # node -> its slots that have a capacity; and, once it had to wait, (crowded, small) of those
+        self._limited: dict[str, tuple[Slot, ...]] = {}
+        self._split: dict[str, tuple[tuple[Slot, ...], tuple[Slot, ...]]] = {}
         holders: dict[Slot, int] = defaultdict(int)
+        same: dict[tuple[Slot, ...], tuple[Slot, ...]] = {}  # slots -> limited slots (tuples repeat a lot)
         for node in self.selected:
-            for slot in self._steps[node].slots:
+            slots = self._steps[node].slots
+            limited = same.get(slots)
+            if limited is None:
+                limited = same[slots] = tuple(slot for slot in slots if slot[0] in self.capacity)
+            self._limited[node] = limited
+            for slot in limited:
                 holders[slot] += 1
         self._crowded = {slot for slot, count in holders.items() if count > CROWDED_SLOT_HOLDERS}
-        done_set, pred = self.done, graph.pred
+        # Unfinished predecessors: all of them, less those already done (counted from the done side,
+        # which is cheaper than testing every predecessor of every step).
+        pred, succ = graph.pred, graph.succ
+        missing = self._missing
         for node in self.selected:
-            self._slots(node)
-            missing = sum(1 for p in pred[node] if p not in done_set)
-            self._missing[node] = missing
-            if missing == 0:
+            missing[node] = len(pred[node])
+        for node in self.done:
+            if node in graph:
+                for child in succ[node]:
+                    if child in missing:
+                        missing[child] -= 1
+        for node, count in missing.items():
+            if count == 0:
                 self._push(node)
 
     # ------------------------------------------------------------ queries
@@ -156,7 +170,7 @@ class Scheduler:
             while ready:
                 prio, node = heapq.heappop(ready)
                 handed_by = handed.pop(node, None) if handed else None
-                for slot in (self._split.get(node) or self._slots(node))[2]:
+                for slot in self._limited.get(node) or self._limits(node):
                     if used[slot] >= capacity[slot[0]]:
                         break
                 else:
@@ -222,14 +236,20 @@ class Scheduler:
     def _push(self, node: str) -> None:
         heapq.heappush(self._ready, (-self.priority.get(node, 0.0), node))
 
-    def _slots(self, node: str) -> tuple[tuple[Slot, ...], tuple[Slot, ...], tuple[Slot, ...]]:
-        """The node's limited slots: (crowded, small, crowded + small)."""
+    def _limits(self, node: str) -> tuple[Slot, ...]:
+        limited = self._limited.get(node)
+        if limited is None:  # a node added later (cleanup)
+            limited = tuple(slot for slot in self._steps[node].slots if slot[0] in self.capacity)
+            self._limited[node] = limited
+        return limited
+
+    def _slots(self, node: str) -> tuple[tuple[Slot, ...], tuple[Slot, ...]]:
+        """The node's limited slots as (crowded, small)."""
         split = self._split.get(node)
         if split is None:
-            limited = [slot for slot in self._steps[node].slots if slot[0] in self.capacity]
+            limited = self._limits(node)
             crowded = tuple(slot for slot in limited if slot in self._crowded)
-            small = tuple(slot for slot in limited if slot not in self._crowded)
-            split = self._split[node] = (crowded, small, crowded + small)
+            split = self._split[node] = (crowded, tuple(slot for slot in limited if slot not in crowded))
         return split
 
     def _full(self, slots: tuple[Slot, ...]) -> Slot | None:
@@ -240,12 +260,12 @@ class Scheduler:
         return None
 
     def _blocker(self, node: str) -> Slot | None:
-        return self._full(self._slots(node)[2])
+        return self._full(self._limits(node))
 
     def _wait(self, prio: float, node: str) -> None:
         """Queue a blocked step behind the slot that blocks it (or its group behind that crowded slot)."""
         self._waiting += 1
-        crowded, small, _ = self._slots(node)
+        crowded, small = self._slots(node)
         blocker = self._full(crowded)
         if blocker is None:
             small_blocker = self._full(small)

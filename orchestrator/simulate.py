@@ -30,6 +30,7 @@ from orchestrator.playbook.models import ImageSource, Playbook, Server, Simulati
 from orchestrator.playbook.units import format_size
 from orchestrator.report.model import FindingView, RunReport, ServerSummary, StepTiming, utc_now_iso
 from orchestrator.scheduler import Scheduler, capacities
+from orchestrator.steps.base import StepNode
 
 GiB = 1024**3
 DEFAULT_DISK = 100 * GiB
@@ -166,7 +167,7 @@ def _image_sizes(source: ImageSource, base_dir: Path | None, sim: SimulationMode
     return SizeInfo(disks, used)
 
 
-# ---------------------------------------------------------------- per-server cost inputs
+# ---------------------------------------------------------------- the simulator
 
 
 @dataclass(slots=True)
@@ -195,6 +196,22 @@ class _Flow:
     version: int = 0
 
 
+@dataclass(slots=True)
+class _Record:
+    """Everything the loop and the report need about one selected step, behind a single lookup."""
+
+    step: StepNode
+    model: _ServerModel | None
+    cost: float  # seconds, for steps that are not data flows
+    is_flow: bool
+    start: float = -1.0
+    end: float = -1.0
+    cause: str | None = None
+    bytes: int = 0
+    wire: float = 0.0
+    flow: _Flow | None = None
+
+
 class _Simulator:
     def __init__(
         self,
@@ -206,43 +223,44 @@ class _Simulator:
     ) -> None:
         self.plan = plan
         self.playbook = playbook
-        self.sim = playbook.defaults.simulation
+        self.sim = sim = playbook.defaults.simulation
         self.graph = plan.graph
-        steps = {node: data["step"] for node, data in self.graph.nodes(data=True)}
+        steps: dict[str, StepNode] = dict(self.graph.nodes(data="step"))
         self.steps = steps
         if selected is None:
-            chosen = {n for n, s in steps.items() if s.phase != "cleanup"}
+            chosen = [n for n, s in steps.items() if s.phase != "cleanup"]
         else:
             unknown = sorted(n for n in selected if n not in steps)
             if unknown:
                 raise ValueError(
                     f"not steps of this plan: {', '.join(unknown[:5])}; `migrate plan` lists the step ids"
                 )
-            chosen = {n for n in selected if steps[n].phase != "cleanup"}
-        self.selected = chosen
+            chosen = [n for n in steps if n in selected and steps[n].phase != "cleanup"]
         for name in ("link_bandwidth", "disk_read", "disk_write"):
-            if getattr(self.sim, name) <= 0:
+            if getattr(sim, name) <= 0:
                 raise ValueError(
                     f"simulation.{name} must be above zero to move any data; set it in the playbook"
                 )
-        self.sizes, self.size_origin, self.size_problems = resolve_sizes(playbook, source_sizes, base_dir)
-        self.servers = {s.name: self._server_model(s) for s in playbook.servers}
         try:
-            self.origin = datetime.fromisoformat(self.sim.start_time)
+            self.origin = datetime.fromisoformat(sim.start_time)
         except ValueError:
             raise ValueError(
-                f"simulation.start_time {self.sim.start_time!r} is not a date and time; write it like "
+                f"simulation.start_time {sim.start_time!r} is not a date and time; write it like "
                 "2026-01-05T20:00"
             ) from None
+        self.sizes, self.size_origin, self.size_problems = resolve_sizes(playbook, source_sizes, base_dir)
+        self.servers = {s.name: self._server_model(s) for s in playbook.servers}
         self._setup_bandwidth()
 
-        self.start: dict[str, float] = {}
-        self.end: dict[str, float] = {}
-        self.cause: dict[str, str | None] = {}
-        self.bytes: dict[str, int] = {}
-        self.wire: dict[str, float] = {}
+        self.records: dict[str, _Record] = {}
+        for node in chosen:
+            step = steps[node]
+            model = self.servers[step.server] if step.server is not None else None
+            is_flow = step.kind in DATA_KINDS and model is not None
+            cost = 0.0 if is_flow else self.fixed_cost(step.kind, model)
+            self.records[node] = _Record(step, model, cost, is_flow)
         self.flows: dict[str, dict[str, _Flow]] = {}  # group -> running flows
-        self.running_flows: dict[str, _Flow] = {}
+        self.running_flows = 0
         self.released_by: dict[tuple[str, str], str] = {}  # slot -> the step that last gave a unit back
         self.series: list[tuple[float, float]] = []
         self.total_wire_rate = 0.0
@@ -283,17 +301,16 @@ class _Simulator:
         """One limit per source host, from the first server on it, as the mirror's shared throttle does."""
         self.group_config: dict[str, int] = {}
         configs: list[tuple[int | None, tuple[Window, ...]]] = []
-        index_of: dict[tuple[Any, ...], int] = {}
+        index_of: dict[int, int] = {}  # id of a Bandwidth object -> its index in configs
         for server in self.playbook.servers:
             group = self.servers[server.name].group
             if group in self.group_config:
                 continue
             bandwidth = self.playbook.mirror_for(server).bandwidth
-            key = (bandwidth.limit, tuple(w.model_dump_json() for w in bandwidth.schedule))
-            if key not in index_of:
-                index_of[key] = len(configs)
+            if id(bandwidth) not in index_of:
+                index_of[id(bandwidth)] = len(configs)
                 configs.append((bandwidth.limit, tuple(Window.parse(w) for w in bandwidth.schedule)))
-            self.group_config[group] = index_of[key]
+            self.group_config[group] = index_of[id(bandwidth)]
         self.configs = configs
         self.limits: list[float] = [0.0] * len(configs)
         self._refresh_limits(0.0)
@@ -347,18 +364,20 @@ class _Simulator:
             return 0.0
         return UNKNOWN_KIND_SECONDS
 
-    def data_bytes(self, node: str, kind: str, server: _ServerModel, t: float) -> int:
+    def data_bytes(self, kind: str, server: _ServerModel, t: float) -> int:
         """Bytes a data step moves, decided when it starts (as the real pass decides from the block map)."""
         if kind == "mirror":
             return server.data_bytes
-        name = server.name
+        name, records = server.name, self.records
         if kind == "sync":
-            mirror = self.start.get(f"{name}/mirror")
-            window = t - mirror if mirror is not None else server.sync_interval
+            mirror = records.get(f"{name}/mirror")
+            window = t - mirror.start if mirror is not None else server.sync_interval
         else:  # final_sync: what changed between the last pass and the moment writes stopped
-            last = self.end.get(f"{name}/sync", self.end.get(f"{name}/mirror"))
-            quiesce = self.start.get(f"{name}/quiesce_source", t)
-            window = min(quiesce - last, server.sync_interval) if last is not None else server.sync_interval
+            last = records.get(f"{name}/sync") or records.get(f"{name}/mirror")
+            quiesce = records.get(f"{name}/quiesce_source")
+            stopped = quiesce.start if quiesce is not None else t
+            interval = server.sync_interval
+            window = min(stopped - last.end, interval) if last is not None else interval
         return int(min(server.change_rate * max(0.0, window), server.data_bytes))
 
     # ------------------------------------------------------------ the event loop
@@ -368,62 +387,50 @@ class _Simulator:
         heapq.heappush(self.events, (t, self.seq, kind, node, version))
 
     def run(self, findings: Iterable[Any]) -> Simulation:
-        """The event loop; written flat (locals, no per-step calls of its own) because it runs per step."""
-        graph, steps, servers = self.graph, self.steps, self.servers
+        """The event loop; written flat (locals, few calls of its own) because it runs once per step."""
+        records, graph = self.records, self.graph
         sched = Scheduler(
             graph,
-            self.selected,
-            [n for n in steps if n not in self.selected],
+            records,
+            [n for n in self.steps if n not in records],
             capacities(self.playbook.defaults.limits),
         )
-        # What each step costs, decided up front for fixed steps; data steps decide when they start.
-        fixed: dict[str, float] = {}
-        movers: dict[str, _ServerModel] = {}
-        for node in self.selected:
-            step = steps[node]
-            model = servers[step.server] if step.server is not None else None
-            if step.kind in DATA_KINDS and model is not None:
-                movers[node] = model
-            else:
-                fixed[node] = self.fixed_cost(step.kind, model)
         next_boundary = self._refresh_limits(0.0)
         if next_boundary is not None:
             self._push(next_boundary, _LIMIT, "", 0)
         pred = graph.pred
-        start, end, cause = self.start, self.end, self.cause
-        events, released_by = self.events, self.released_by
-        running_flows, flows = self.running_flows, self.flows
+        events, released_by, flows = self.events, self.released_by, self.flows
         push, pop = heapq.heappush, heapq.heappop
         dirty: set[str] = set()
         t = 0.0
         while True:
             for node in sched.startable():
-                start[node] = t
+                rec = records[node]
+                rec.start = t
                 # Why now: its last predecessor, or (ready earlier) the step that freed one of its slots.
                 last, last_end = None, -1.0
                 for p in pred[node]:
-                    e = end.get(p)
-                    if e is not None and e > last_end:
-                        last, last_end = p, e
+                    other = records.get(p)
+                    if other is not None and other.end > last_end:
+                        last, last_end = p, other.end
                 if last is None or last_end < t:
-                    for slot in steps[node].slots:
+                    for slot in rec.step.slots:
                         releaser = released_by.get(slot)
-                        if releaser is not None and end[releaser] == t:
+                        if releaser is not None and records[releaser].end == t:
                             last = releaser
                             break
-                cause[node] = last
-                cost = fixed.get(node)
-                if cost is not None:
+                rec.cause = last
+                if not rec.is_flow:
                     self.seq += 1
-                    push(events, (t + cost, self.seq, _FINISH, node, 0))
+                    push(events, (t + rec.cost, self.seq, _FINISH, node, 0))
                     continue
-                model = movers[node]
-                moved = self.data_bytes(node, steps[node].kind, model, t)
-                self.bytes[node] = moved
-                self.wire[node] = moved * model.wire_ratio
-                flow = _Flow(node, model.group, float(moved), model.wire_ratio, since=t)
-                flows.setdefault(model.group, {})[node] = flow
-                running_flows[node] = flow
+                model = rec.model
+                assert model is not None
+                rec.bytes = self.data_bytes(rec.step.kind, model, t)
+                rec.wire = rec.bytes * model.wire_ratio
+                rec.flow = _Flow(node, model.group, float(rec.bytes), model.wire_ratio, since=t)
+                flows.setdefault(model.group, {})[node] = rec.flow
+                self.running_flows += 1
                 dirty.add(model.group)
             for group in dirty:
                 self._reflow(group, t)
@@ -438,17 +445,18 @@ class _Simulator:
                         self._push(upcoming, _LIMIT, "", 0)
                     dirty.update(g for g, running in flows.items() if running)
                 else:
-                    flow = running_flows.get(node)
-                    # A reflow of its group supersedes a data step's earlier end event.
-                    stale = flow.version != version if flow is not None else node in end
-                    if not stale:
+                    rec = records[node]
+                    flow = rec.flow
+                    # A reflow of its group supersedes a data step's earlier end events.
+                    if (flow.version == version) if flow is not None else rec.end < 0:
                         if flow is not None:
-                            del running_flows[node]
+                            rec.flow = None
                             del flows[flow.group][node]
+                            self.running_flows -= 1
                             dirty.add(flow.group)
-                        end[node] = t
+                        rec.end = t
                         sched.finish(node, ok=True)
-                        for slot in steps[node].slots:
+                        for slot in rec.step.slots:
                             released_by[slot] = node
                 if not events or events[0][0] != t:
                     break
@@ -483,21 +491,22 @@ class _Simulator:
     # ------------------------------------------------------------ the report
 
     def _critical_path(self) -> list[str]:
-        if not self.end:
+        finished = [(rec.end, node) for node, rec in self.records.items() if rec.end >= 0]
+        if not finished:
             return []
-        last = max(self.end, key=lambda n: (self.end[n], n))
         path: list[str] = []
-        node: str | None = last
+        node: str | None = max(finished)[1]
         seen: set[str] = set()
         while node is not None and node not in seen:
             seen.add(node)
             path.append(node)
-            node = self.cause.get(node)
+            node = self.records[node].cause
         path.reverse()
         return path
 
     def _simulation(self, findings: Iterable[Any]) -> Simulation:
-        duration = max(self.end.values(), default=0.0)
+        records = self.records
+        duration = max((rec.end for rec in records.values()), default=0.0)
         critical = self._critical_path()
         on_path = set(critical)
         timings: list[StepTiming] = []
@@ -506,24 +515,18 @@ class _Simulator:
         for node, step in self.steps.items():
             if step.server is not None and step.phase != "cleanup":
                 totals[step.server] = totals.get(step.server, 0) + 1
-            if node not in self.end:
+            rec = records.get(node)
+            if rec is None or rec.end < 0:
                 continue
-            moved = self.bytes.get(node, 0)
-            timing = StepTiming(
-                node,
-                step.server,
-                step.kind,
-                step.phase,
-                "done",
-                self.start[node],
-                self.end[node],
-                moved,
-                1,
-                f"{format_size(moved)} of data, {format_size(self.wire[node])} on the wire"
-                if node in self.wire
-                else "",
-                node in on_path,
+            message = (
+                f"{format_size(rec.bytes)} of data, {format_size(rec.wire)} on the wire"
+                if rec.is_flow
+                else ""
             )
+            timing = StepTiming(
+                node, step.server, step.kind, step.phase, "done", rec.start, rec.end, rec.bytes, 1, message,
+                node in on_path,
+            )  # fmt: skip
             timings.append(timing)
             if step.server is not None:
                 per_server.setdefault(step.server, []).append(timing)
@@ -536,7 +539,7 @@ class _Simulator:
             series.append((duration, 0.0))
         report = RunReport(
             kind="simulation",
-            title=f"{self.playbook.name}: dry run",
+            title=f"{self.playbook.name}: simulated migration",
             playbook=self.plan.playbook_name or self.playbook.name,
             plan_hash=self.plan.hash,
             generated_at=utc_now_iso(),
@@ -545,7 +548,7 @@ class _Simulator:
             servers=summaries,
             steps=timings,
             findings=[_finding_view(f) for f in findings],
-            bytes_moved=sum(self.bytes.values()),
+            bytes_moved=sum(t.bytes for t in timings),
             peak_bandwidth=max((rate for _, rate in series), default=0.0),
             bandwidth_series=series,
             critical_path=critical,
@@ -648,10 +651,10 @@ def _downtime(by_kind: Mapping[str, StepTiming], ttl: int) -> dict[str, float]:
         timing = by_kind.get(kind)
         if timing is None or timing.duration is None:
             continue
-        breakdown[part] = timing.duration
+        breakdown[part] = round(timing.duration, 3)
         last_end = max(last_end, timing.end or last_end)
-    queued = (last_end - first.start) - sum(breakdown.values())
-    if queued > 1e-6:
+    queued = round((last_end - first.start) - sum(breakdown.values()), 3)
+    if queued > 0:
         breakdown["queued"] = queued
     if ttl and "dns_update" in breakdown:
         breakdown["dns_ttl"] = float(ttl)

@@ -4,16 +4,28 @@ Both sides must agree bit for bit on how a chunk and a whole disk are digested (
 received and what it wrote; the orchestrator compares the two whole-disk digests), so the definitions live
 in one place. A zero chunk has a real digest (that of its zero bytes) so that the whole-disk digest of a
 sparse source and of its sparse replica are computed the same way without reading any hole.
+
+This module also ships inside the agent (orchestrator/agent.py), which runs on hosts where only the
+standard library can be counted on: xxhash is optional there, and ``chunk_hasher`` gives the algorithm two
+ends negotiated (xxh3_128 when both have xxhash, else BLAKE2b-128 from hashlib). The module-level
+functions below stay xxh3_128, the orchestrator's own (xxhash is one of its dependencies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 
-import xxhash
+try:
+    import xxhash
+except ImportError:  # an agent on a host without xxhash: BLAKE2b only
+    xxhash = None  # type: ignore[assignment]
 
-DIGEST_SIZE = 16  # xxh3_128
+DIGEST_SIZE = 16  # xxh3_128, and BLAKE2b truncated to 128 bits: the block map's record holds 16 bytes
+XXH3_128 = "xxh3_128"
+BLAKE2B_128 = "blake2b-128"
+PREFERRED_ALGORITHMS = (XXH3_128, BLAKE2B_128)  # best first; the first one both ends have wins
 
 
 def chunk_digest(data: bytes | bytearray | memoryview) -> bytes:
@@ -33,14 +45,19 @@ def zero_block(length: int) -> bytes:
 
 
 class DiskDigest:
-    """Whole-disk digest: xxh3_128 over the ordered per-chunk digests.
+    """Whole-disk digest: the chunk algorithm over the ordered per-chunk digests.
 
     Equal for two disks iff every chunk digest is equal (up to hash collisions), whichever side computed
     it and whether a chunk was read, skipped as a hole or taken from the block map.
     """
 
-    def __init__(self) -> None:
-        self._hasher = xxhash.xxh3_128()
+    def __init__(self, algorithm: str = XXH3_128) -> None:
+        if algorithm == XXH3_128:
+            self._hasher = xxhash.xxh3_128()
+        elif algorithm == BLAKE2B_128:
+            self._hasher = hashlib.blake2b(digest_size=DIGEST_SIZE)
+        else:
+            raise ValueError(f"unknown digest algorithm {algorithm!r}")
 
     def update(self, chunk: bytes) -> None:
         self._hasher.update(chunk)
@@ -49,8 +66,53 @@ class DiskDigest:
         return self._hasher.hexdigest()
 
 
-def disk_digest(chunk_digests: Iterable[bytes]) -> str:
-    digest = DiskDigest()
+def disk_digest(chunk_digests: Iterable[bytes], algorithm: str = XXH3_128) -> str:
+    digest = DiskDigest(algorithm)
     for chunk in chunk_digests:
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def available_algorithms() -> tuple[str, ...]:
+    """The chunk digest algorithms this process can compute, best first."""
+    return tuple(name for name in PREFERRED_ALGORITHMS if name != XXH3_128 or xxhash is not None)
+
+
+def _blake2b_128(data: bytes | bytearray | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+class ChunkHasher:
+    """One digest algorithm, as both ends of a stream must use it: chunks, zero chunks and whole disks."""
+
+    def __init__(self, name: str, digest: Callable[[bytes | bytearray | memoryview], bytes]) -> None:
+        self.name = name
+        self.digest = digest
+        self.zero = lru_cache(maxsize=16)(lambda length: digest(zero_block(length)))
+
+    def disk(self) -> DiskDigest:
+        return DiskDigest(self.name)
+
+    def __repr__(self) -> str:
+        return f"ChunkHasher({self.name!r})"
+
+
+@lru_cache(maxsize=8)
+def chunk_hasher(name: str = XXH3_128) -> ChunkHasher:
+    """The hasher for ``name``; refuses an algorithm this process cannot compute rather than substitute."""
+    if name == XXH3_128:
+        if xxhash is None:
+            raise ValueError("xxh3_128 needs the xxhash module, which this Python does not have")
+        return ChunkHasher(XXH3_128, xxhash.xxh3_128_digest)
+    if name == BLAKE2B_128:
+        return ChunkHasher(BLAKE2B_128, _blake2b_128)
+    raise ValueError(f"unknown digest algorithm {name!r} (known: {', '.join(PREFERRED_ALGORITHMS)})")
+
+
+def negotiate_algorithm(*sides: Iterable[str]) -> str:
+    """The best algorithm every side offers; BLAKE2b-128 is always among them (hashlib has it)."""
+    offered = [set(side) for side in sides]
+    for name in PREFERRED_ALGORITHMS:
+        if all(name in names for names in offered):
+            return name
+    raise ValueError("the two ends share no digest algorithm: upgrade the agent")

@@ -19,6 +19,8 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import hashlib
+import logging
 import os
 import stat
 import sys
@@ -28,10 +30,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .blockmap import ABSENT, DATA, FULL_PASS, INCREMENTAL_PASS, ZERO, BlockMap, MapSnapshot, map_path_for
+from .blockmap import (
+    _HEADER,
+    ABSENT,
+    DATA,
+    FULL_PASS,
+    IDENTITY_MAX,
+    INCREMENTAL_PASS,
+    MAGIC,
+    ZERO,
+    BlockMap,
+    MapSnapshot,
+    map_path_for,
+)
 from .errors import MirrorError
 from .file_reader import data_ranges, device_size, is_hole
-from .hashing import DiskDigest, chunk_digest, zero_block, zero_digest
+from .hashing import XXH3_128, chunk_hasher, zero_block
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_BYTES = 256 * 1024**2
 DEFAULT_FLUSH_SECONDS = 5.0
@@ -88,11 +104,43 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
         offset += written
 
 
+def map_identity(source_identity: str, hash_algorithm: str) -> str:
+    """The identity a block map stores: the source's, tagged with the digest algorithm unless xxh3_128.
+
+    A map whose digests were made with another algorithm cannot tell which chunks changed, so it must
+    start over; tagging the identity makes BlockMap.open do exactly that (its "different source" rule),
+    and leaves the maps written by xxh3_128, the original algorithm, valid as they are.
+    """
+    if hash_algorithm == XXH3_128:
+        return source_identity
+    tagged = f"{source_identity} [hash {hash_algorithm}]"
+    if len(tagged.encode()) > IDENTITY_MAX:  # too long for the header: shorten it without xxhash
+        tagged = f"sha256:{hashlib.sha256(source_identity.encode()).hexdigest()} [hash {hash_algorithm}]"
+    return tagged
+
+
+def _stored_algorithm(map_path: Path) -> str | None:
+    """The digest algorithm of an existing map, read from its identity tag (None: no readable map)."""
+    try:
+        with open(map_path, "rb") as handle:
+            raw = handle.read(_HEADER.size)
+    except OSError:
+        return None
+    if len(raw) < _HEADER.size or raw[:8] != MAGIC:
+        return None
+    fields = _HEADER.unpack(raw)
+    identity = fields[10][: fields[9]].decode(errors="replace")
+    if identity.endswith("]") and " [hash " in identity:
+        return identity[identity.rindex(" [hash ") + 7 : -1]
+    return XXH3_128
+
+
 @dataclass
 class _Batch:
     """Chunks written since the last batch, on their way to being durable and recorded."""
 
     entries: list[tuple[int, int, bytes]]  # (chunk, state, digest)
+    through: int = 0  # every chunk below this one was received before the batch was taken
     thread: threading.Thread | None = None
     sync_error: OSError | None = None
     crash: BaseException | None = None
@@ -120,8 +168,15 @@ class TargetWriter:
         flush_bytes: int = DEFAULT_FLUSH_BYTES,
         flush_seconds: float = DEFAULT_FLUSH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        hash_algorithm: str = XXH3_128,
     ) -> None:
         self.path = Path(target_path)
+        self._hasher = chunk_hasher(hash_algorithm)
+        self.hash_algorithm = hash_algorithm
+        self._received_through = 0
+        # every chunk below this index is durable and recorded (or needed nothing): what a remote reader
+        # is told in acknowledgements, since the stream delivers chunks in disk order
+        self.durable_through = 0
         self.size = size
         self.chunk_size = chunk_size
         self._verify = verify
@@ -139,11 +194,21 @@ class TargetWriter:
         self._closing = False  # finishing or aborting: cool every extent
         self._fd, fresh, target_ino = self._open_target()
         try:
+            path_of_map = map_path or map_path_for(self.path)
+            previous = None if fresh else _stored_algorithm(path_of_map)
+            if previous is not None and previous != hash_algorithm:
+                log.warning(
+                    "block map %s holds %s digests and this pass uses %s: it cannot tell which chunks "
+                    "changed, so it starts over and the next pass copies the whole disk",
+                    path_of_map,
+                    previous,
+                    hash_algorithm,
+                )
             self._map = BlockMap.open(
-                map_path or map_path_for(self.path),
+                path_of_map,
                 chunk_size=chunk_size,
                 disk_size=size,
-                source_identity=source_identity,
+                source_identity=map_identity(source_identity, hash_algorithm),
                 target_ino=target_ino,
                 fresh_target=fresh,
                 seed_zero=lambda: range(-(-size // chunk_size)) if fresh else self._hole_chunks(),
@@ -154,6 +219,8 @@ class TargetWriter:
                     FULL_PASS if mode == "full" else INCREMENTAL_PASS, resume=mode == "full"
                 )
             self.summary: MapSnapshot = self._map.snapshot(resuming)
+            if previous is not None and previous != hash_algorithm:
+                self._map.reset_reason = f"digest algorithm changed from {previous} to {hash_algorithm}"
         except BaseException:
             os.close(self._fd)
             raise
@@ -221,7 +288,7 @@ class TargetWriter:
     def write(self, offset: int, data: bytes | bytearray | memoryview, digest: bytes) -> None:
         """Store one data chunk; it is recorded in the map only once durable (and verified)."""
         index = self._index(offset, len(data))
-        if self._check_received and chunk_digest(data) != digest:
+        if self._check_received and self._hasher.digest(data) != digest:
             raise MirrorError(
                 f"the chunk at offset {offset} arrived damaged (digest mismatch): run again", retryable=True
             )
@@ -233,6 +300,7 @@ class TargetWriter:
             self._map.set(index, ABSENT, 0, b"")
             raise self._write_error(exc, offset) from None
         self._pending.append((index, DATA, digest))
+        self._received_through = index + 1
         self._pending_bytes += len(data)
         self._maybe_flush()
 
@@ -249,16 +317,18 @@ class TargetWriter:
             self._map.set(index, ABSENT, 0, b"")
             raise self._write_error(exc, offset) from None
         self._pending.append((index, ZERO, b""))
+        self._received_through = index + 1
         self._maybe_flush()
 
     def confirm(self, offset: int, digest: bytes) -> None:
         """The reader found this chunk equal to the map: record it as checked in this pass (no I/O)."""
         index = self._index(offset, min(self.chunk_size, self.size - offset))
         state = self._map.state(index)
-        known = zero_digest(self._map.chunk_length(index)) if state == ZERO else self._map.digest(index)
+        known = self._hasher.zero(self._map.chunk_length(index)) if state == ZERO else self._map.digest(index)
         if state == ABSENT or known != digest:
             raise MirrorError(f"confirmed chunk at offset {offset} does not match the block map: run again")
         self._map.set(index, state, self._map.pass_number, digest)
+        self._received_through = index + 1
         self._maybe_flush()
 
     def check(self, offset: int, length: int, digest: bytes) -> bool:
@@ -290,11 +360,17 @@ class TargetWriter:
         return self.disk_digest()
 
     def disk_digest(self) -> str | None:
-        digest = DiskDigest()
-        for chunk in self._map.chunk_digests():
-            if chunk is None:
+        """Whole-disk digest from the map alone, in this writer's algorithm (None: a chunk is unknown)."""
+        digest = self._hasher.disk()
+        blockmap = self._map
+        for index in range(blockmap.chunk_count):
+            state = blockmap.state(index)
+            if state == DATA:
+                digest.update(blockmap.digest(index))
+            elif state == ZERO:
+                digest.update(self._hasher.zero(blockmap.chunk_length(index)))
+            else:
                 return None
-            digest.update(chunk)
         return digest.hexdigest()
 
     def abort(self) -> None:
@@ -360,7 +436,7 @@ class TargetWriter:
         self._commit(batch)
 
     def _take_batch(self) -> _Batch:
-        batch = _Batch(self._pending)
+        batch = _Batch(self._pending, through=self._received_through)
         self._pending = []
         self._pending_bytes = 0
         self._last_flush = self._clock()
@@ -418,6 +494,8 @@ class TargetWriter:
                 f"cannot update the block map {self._map.path}: {exc.strerror}; "
                 "free space beside the target disk and run again"
             ) from None
+        if batch.crash is None and batch.sync_error is None and not failed:
+            self.durable_through = max(self.durable_through, batch.through)
         if batch.crash is not None:
             raise batch.crash
         if batch.sync_error is not None:
@@ -432,7 +510,7 @@ class TargetWriter:
     def _read_back(self, offset: int, length: int) -> tuple[int, bytes]:
         """(state, digest) of what the target holds at [offset, offset+length)."""
         if is_hole(self._fd, offset, length):
-            return ZERO, zero_digest(length)
+            return ZERO, self._hasher.zero(length)
         if self._check_buffer is None:
             self._check_buffer = bytearray(self.chunk_size)
         view = memoryview(self._check_buffer)[:length]
@@ -446,7 +524,7 @@ class TargetWriter:
             zero = self._check_buffer == zero_block(length)
         else:
             zero = view.tobytes() == zero_block(length)
-        return (ZERO, zero_digest(length)) if zero else (DATA, chunk_digest(view))
+        return (ZERO, self._hasher.zero(length)) if zero else (DATA, self._hasher.digest(view))
 
     def _index(self, offset: int, length: int) -> int:
         index, rest = divmod(offset, self.chunk_size)

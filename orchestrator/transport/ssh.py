@@ -1,0 +1,300 @@
+"""Agents over SSH: one paramiko connection per host, one exec channel per agent.
+
+Host keys are checked by default, against a known_hosts file or a pinned ``SHA256:`` fingerprint (what
+``ssh-keygen -lf`` prints); ``insecure=True`` accepts any key and must be asked for explicitly. The login
+is by key file or password; with ``sudo`` the interpreter runs under ``sudo -n`` (a non-interactive sudo:
+NOPASSWD must be configured for it). Passwords never appear in messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import logging
+import shlex
+import socket
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from orchestrator.mirror.protocol import StreamClosed
+
+from . import HostKeyError, TransportError
+from .local import StderrTail
+
+log = logging.getLogger(__name__)
+
+WINDOW_SIZE = 16 * 1024**2  # per channel: a 4 MiB chunk never waits for a window adjustment
+CONNECT_TIMEOUT = 15.0
+KEEPALIVE_SECONDS = 30
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The OpenSSH form: ``SHA256:`` and the unpadded base64 of the key blob's SHA-256."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _normalise_fingerprint(text: str) -> str:
+    text = text.strip()
+    if text.upper().startswith("SHA256:"):
+        text = text[7:]
+    return "SHA256:" + text.rstrip("=")
+
+
+class SshProcess:
+    """An exec channel's stdin/stdout as a stream; stderr is kept aside for error messages."""
+
+    def __init__(self, channel: paramiko.Channel, name: str) -> None:
+        self.channel = channel
+        self.name = name
+        self._stderr = StderrTail()
+        self._drain = threading.Thread(target=self._read_stderr, name=f"ssh-stderr:{name}", daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        try:
+            while True:
+                data = self.channel.recv_stderr(65536)
+                if not data:
+                    return
+                self._stderr.feed(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            return
+
+    def read_exact(self, count: int) -> bytearray:
+        buffer = bytearray(count)
+        self.read_into(memoryview(buffer))
+        return buffer
+
+    def read_into(self, view: memoryview) -> None:
+        count = len(view)
+        done = 0
+        while done < count:
+            try:
+                data = self.channel.recv(count - done)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise StreamClosed(f"reading from {self.name} failed: {exc}") from None
+            if not data:
+                raise StreamClosed(
+                    f"{self.name} closed the stream"
+                    + (f" in the middle of a frame ({done} of {count} bytes)" if done else "")
+                )
+            view[done : done + len(data)] = data
+            done += len(data)
+
+    def write(self, *parts: bytes | bytearray | memoryview) -> None:
+        try:
+            for part in parts:
+                if len(part):
+                    self.channel.sendall(part)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise StreamClosed(f"writing to {self.name} failed: {exc}") from None
+
+    def exit_status(self, timeout: float | None = None) -> int | None:
+        if not self.channel.status_event.wait(timeout):
+            return None
+        self._drain.join(timeout=1)
+        return self.channel.exit_status
+
+    def stderr_tail(self) -> str:
+        return self._stderr.text()
+
+    def kill(self) -> None:
+        """Closing the channel makes sshd close the agent's pipes: it stops at its next read or write."""
+        self.channel.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            self.channel.shutdown_write()  # EOF on the agent's stdin: it exits
+        self.exit_status(timeout=10)
+        self.channel.close()
+
+
+class SshTransport:
+    """Starts interpreters on one host over SSH; the connection is opened on first use and shared."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        port: int = 22,
+        user: str = "root",
+        key_file: str | Path | None = None,
+        key_passphrase: Any = None,
+        password: Any = None,
+        known_hosts: str | Path | None = None,
+        host_key: str | None = None,
+        insecure: bool = False,
+        sudo: bool = False,
+        python: str = "python3",
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self.key_file = Path(key_file).expanduser() if key_file else None
+        self._key_passphrase = key_passphrase
+        self._password = password  # a str or a Secret; revealed only when logging in
+        self.known_hosts = (
+            Path(known_hosts).expanduser() if known_hosts else Path("~/.ssh/known_hosts").expanduser()
+        )
+        self.host_key = _normalise_fingerprint(host_key) if host_key else None
+        self.insecure = insecure
+        self.sudo = sudo
+        self.python = python
+        self.connect_timeout = connect_timeout
+        self.name = host if port == 22 else f"{host}:{port}"
+        self.server_fingerprint: str | None = None
+        self._transport: paramiko.Transport | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_source(cls, source: Any) -> SshTransport:
+        """From a playbook ``source: {type: ssh, ...}`` (orchestrator.playbook.models.SshSource)."""
+        return cls(
+            source.host,
+            port=source.port,
+            user=source.user,
+            key_file=source.key,
+            password=source.password,
+            known_hosts=source.known_hosts,
+            host_key=source.host_key,
+            insecure=source.insecure,
+            sudo=source.sudo,
+        )
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self) -> paramiko.Transport:
+        with self._lock:
+            if self._transport is not None and self._transport.is_active():
+                return self._transport
+            self._transport = self._connect()
+            return self._transport
+
+    def _connect(self) -> paramiko.Transport:
+        where = f"{self.host}:{self.port}"
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except OSError as exc:
+            raise TransportError(
+                f"cannot connect to SSH on {where}: {exc.strerror or exc}; check the host, port and firewall"
+            ) from None
+        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE)
+        try:
+            known = self._known_keys()
+            if known and not self.host_key and not self.insecure:
+                # ask for a key type we can check, as OpenSSH does, rather than fail on the server's favourite
+                options = transport.get_security_options()
+                preferred = [t for t in options.key_types if t in known] or list(options.key_types)
+                options.key_types = preferred
+            try:
+                transport.start_client(timeout=self.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise TransportError(f"SSH negotiation with {where} failed: {exc}") from None
+            self._check_host_key(transport.get_remote_server_key(), known)
+            self._login(transport)
+        except BaseException:
+            transport.close()
+            raise
+        transport.set_keepalive(KEEPALIVE_SECONDS)
+        return transport
+
+    def _known_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def _known_keys(self) -> dict[str, paramiko.PKey]:
+        if self.host_key or self.insecure or not self.known_hosts.exists():
+            return {}
+        try:
+            keys = paramiko.HostKeys(str(self.known_hosts))
+        except (OSError, paramiko.SSHException) as exc:
+            raise TransportError(f"cannot read {self.known_hosts}: {exc}") from None
+        entry = keys.lookup(self._known_name())
+        return dict(entry) if entry else {}
+
+    def _check_host_key(self, key: paramiko.PKey, known: dict[str, paramiko.PKey]) -> None:
+        offered = fingerprint(key)
+        self.server_fingerprint = offered
+        name = self._known_name()
+        if self.host_key:
+            if offered != self.host_key:
+                raise HostKeyError(
+                    f"the SSH host key of {name} is {offered}, not the pinned {self.host_key}: the host was "
+                    "reinstalled or someone is in the middle; check the host, then update host_key"
+                )
+            return
+        if self.insecure:
+            log.warning("accepting the SSH host key of %s unchecked (%s): insecure is set", name, offered)
+            return
+        stored = known.get(key.get_name())
+        if stored is None:
+            raise HostKeyError(
+                f"the SSH host key of {name} ({key.get_name()} {offered}) is not in {self.known_hosts}: "
+                f"verify it, then add it (ssh-keyscan -p {self.port} {self.host} >> {self.known_hosts}) or "
+                f"pin it with host_key: {offered}"
+            )
+        if stored.asbytes() != key.asbytes():
+            raise HostKeyError(
+                f"the SSH host key of {name} CHANGED: {self.known_hosts} has {fingerprint(stored)}, the host "
+                f"offers {offered}; if the host was reinstalled, replace its line there, else stop and check"
+            )
+
+    def _login(self, transport: paramiko.Transport) -> None:
+        who = f"{self.user}@{self.name}"
+        if self.key_file is None and self._password is None:
+            raise TransportError(f"no SSH key or password given for {who}: set key or password")
+        failures = []
+        if self.key_file is not None:
+            try:
+                key = paramiko.PKey.from_path(self.key_file, _reveal(self._key_passphrase))
+                transport.auth_publickey(self.user, key)
+                return
+            except FileNotFoundError:
+                failures.append(f"key file {self.key_file} does not exist")
+            except paramiko.AuthenticationException:
+                failures.append(f"key {self.key_file} refused")
+            except paramiko.SSHException as exc:
+                failures.append(f"key {self.key_file} unusable ({exc})")
+        if self._password is not None:
+            try:
+                transport.auth_password(self.user, _reveal(self._password))
+                return
+            except paramiko.AuthenticationException:
+                failures.append("password refused")
+        error = TransportError(f"SSH login as {who} failed: {'; '.join(failures)}; check the credentials")
+        error.retryable = False
+        raise error
+
+    # ------------------------------------------------------------ processes
+
+    def command(self, args: Sequence[str]) -> str:
+        argv = (["sudo", "-n"] if self.sudo else []) + [self.python, *args]
+        return " ".join(shlex.quote(arg) for arg in argv)
+
+    def start_python(self, args: Sequence[str]) -> SshProcess:
+        transport = self.connect()
+        try:
+            channel = transport.open_session(window_size=WINDOW_SIZE)
+            channel.exec_command(self.command(args))
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"cannot start {self.python} on {self.name} over SSH: {exc}") from None
+        return SshProcess(channel, self.name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transport is not None:
+                self._transport.close()
+                self._transport = None
+
+
+def _reveal(value: Any) -> str | None:
+    if value is None:
+        return None
+    reveal = getattr(value, "reveal", None)
+    return reveal() if callable(reveal) else str(value)
