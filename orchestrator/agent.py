@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from orchestrator import __version__ as AGENT_VERSION
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.blockmap import ABSENT, DATA, ZERO
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
-from orchestrator.mirror.file_reader import FileDiskReader
+from orchestrator.mirror.file_reader import FileDiskReader, HoleIndex
 from orchestrator.mirror.hashing import DIGEST_SIZE, chunk_hasher, zero_block
 from orchestrator.mirror.writer import TargetWriter
 
@@ -124,32 +124,6 @@ class Agent:
 
 
 # ---------------------------------------------------------------- reader role
-
-
-class _HoleIndex:
-    """Answers "is chunk i wholly inside a hole of the source?" for increasing i (as copier.py does)."""
-
-    def __init__(self, ranges: Iterable[tuple[int, int]] | None, chunk_size: int) -> None:
-        self._ranges = iter(ranges) if ranges is not None else None
-        self._chunk_size = chunk_size
-        self._current: tuple[int, int] | None = None
-        self._advance()
-
-    def _advance(self) -> None:
-        self._current = None
-        if self._ranges is None:
-            return
-        for offset, length in self._ranges:
-            if length > 0:
-                self._current = (offset // self._chunk_size, (offset + length - 1) // self._chunk_size)
-                return
-
-    def is_hole(self, index: int) -> bool:
-        if self._ranges is None:
-            return False
-        while self._current is not None and self._current[1] < index:
-            self._advance()
-        return self._current is None or self._current[0] > index
 
 
 class _Runs:
@@ -409,7 +383,7 @@ class ReaderRole:
             buffers.put(bytearray(self.chunk_size))
         outbox = _Outbox(self.channel, self.compressor, self.workers, buffers)
         runs = _Runs(outbox.frame)
-        holes = _HoleIndex(reader.allocated_ranges(), self.chunk_size)
+        holes = HoleIndex(reader.allocated_ranges(), self.chunk_size)
         whole = hasher.disk()
         try:
             for index, offset, length in self._chunks(control):
@@ -468,7 +442,7 @@ class ReaderRole:
     def _verify(self, reader: FileDiskReader, control: _Control) -> None:
         hasher = self.hasher
         runs = _Runs(lambda frame_type, parts: self.channel.send(frame_type, *parts))
-        holes = _HoleIndex(reader.allocated_ranges(), self.chunk_size)
+        holes = HoleIndex(reader.allocated_ranges(), self.chunk_size)
         whole = hasher.disk()
         buffer = bytearray(self.chunk_size)
         for index, offset, length in self._chunks(control):

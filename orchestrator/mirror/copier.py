@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from providers.base import DiskReader
 
 from .blockmap import ABSENT, DATA, ZERO, MapSnapshot
 from .errors import MirrorCancelled, MirrorError
+from .file_reader import HoleIndex
 from .hashing import DiskDigest, chunk_digest, zero_block, zero_digest
 from .local_channel import ThreadedWriter
 from .throttle import Throttle
@@ -174,7 +175,7 @@ class _ReaderSide:
     ) -> None:
         snap, stats = self.snapshot, self.stats
         resuming = snap.resuming and mode == "full"
-        holes = _HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
+        holes = HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
         whole = DiskDigest()
         for index, offset, length in self.chunks(progress, cancelled):
             state = snap.states[index]
@@ -224,7 +225,7 @@ class _ReaderSide:
         cancelled: Callable[[], bool] | None,
     ) -> None:
         stats = self.stats
-        holes = _HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
+        holes = HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
         whole = DiskDigest()
         differing = stats.differing_ranges
         buffer = bytearray(self.chunk_size)
@@ -272,29 +273,3 @@ def _is_zero(buffer: bytearray, data: memoryview) -> bool:
     if len(data) == len(buffer):
         return buffer == zero_block(len(buffer))
     return data.tobytes() == zero_block(len(data))
-
-
-class _HoleIndex:
-    """Answers "is chunk i wholly inside a hole of the source?" for increasing i, from allocated_ranges()."""
-
-    def __init__(self, ranges: Iterable[tuple[int, int]] | None, chunk_size: int) -> None:
-        self._ranges = iter(ranges) if ranges is not None else None
-        self._chunk_size = chunk_size
-        self._current: tuple[int, int] | None = None
-        self._advance()
-
-    def _advance(self) -> None:
-        self._current = None
-        if self._ranges is None:
-            return
-        for offset, length in self._ranges:
-            if length > 0:
-                self._current = (offset // self._chunk_size, (offset + length - 1) // self._chunk_size)
-                return
-
-    def is_hole(self, index: int) -> bool:
-        if self._ranges is None:
-            return False
-        while self._current is not None and self._current[1] < index:
-            self._advance()
-        return self._current is None or self._current[0] > index

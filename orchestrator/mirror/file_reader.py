@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE}
@@ -109,3 +109,29 @@ class FileDiskReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class HoleIndex:
+    """Answers "is chunk i wholly inside a hole of the source?" for increasing i, from allocated_ranges()."""
+
+    def __init__(self, ranges: Iterable[tuple[int, int]] | None, chunk_size: int) -> None:
+        self._ranges = iter(ranges) if ranges is not None else None
+        self._chunk_size = chunk_size
+        self._current: tuple[int, int] | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._current = None
+        if self._ranges is None:
+            return
+        for offset, length in self._ranges:
+            if length > 0:
+                self._current = (offset // self._chunk_size, (offset + length - 1) // self._chunk_size)
+                return
+
+    def is_hole(self, index: int) -> bool:
+        if self._ranges is None:
+            return False
+        while self._current is not None and self._current[1] < index:
+            self._advance()
+        return self._current is None or self._current[0] > index
