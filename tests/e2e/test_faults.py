@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Migration, sha256
+from tests.e2e.conftest import Migration
+from tests.images import sha256
 
 PB = "quickstart.yaml"
 

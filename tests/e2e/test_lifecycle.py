@@ -7,7 +7,8 @@ import os
 import random
 
 from orchestrator.guest.linux import find_linux_root, read_file
-from tests.e2e.conftest import Migration, sha256
+from tests.e2e.conftest import Migration
+from tests.images import sha256
 
 PB = "quickstart.yaml"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from orchestrator.mirror.remote import mirror_remote
 from orchestrator.transport import HostKeyError, TransportError
 from orchestrator.transport.local import LocalTransport
 from orchestrator.transport.ssh import SshTransport
+from tests.images import sha256
 from tests.services import sshd as sshd_service
 from tests.services.sshd import SshServer
 
@@ -53,10 +53,6 @@ def make_source(path: Path) -> Path:
         handle.seek(SIZE - 10)
         handle.write(b"last bytes")
     return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_agent_over_ssh_reads_a_file_and_the_copy_is_identical(

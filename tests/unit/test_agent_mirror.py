@@ -3,7 +3,6 @@ incremental passes, and every way the stream or the writer can die on the way.""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -25,6 +24,7 @@ from orchestrator.mirror.hashing import BLAKE2B_128, XXH3_128, chunk_hasher
 from orchestrator.mirror.remote import RemotePassStats, mirror_remote
 from orchestrator.mirror.writer import TargetWriter
 from orchestrator.transport.local import LocalProcess, LocalTransport
+from tests.images import allocated, make_image, sha256
 
 KiB, MiB = 1024, 1024**2
 CHUNK = 256 * KiB
@@ -89,15 +89,6 @@ class CuttingTransport(LocalTransport):
 # ---------------------------------------------------------------- helpers
 
 
-def make_image(path: Path, size: int = SIZE, pieces: dict[int, bytes] | None = None) -> Path:
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-        for offset, data in (pieces or {}).items():
-            handle.seek(offset)
-            handle.write(data)
-    return path
-
-
 def sample_pieces() -> dict[int, bytes]:
     return {
         0: os.urandom(2 * CHUNK),  # chunks 0-1: incompressible
@@ -109,14 +100,6 @@ def sample_pieces() -> dict[int, bytes]:
 
 
 DATA_CHUNKS = [0, 1, 4, 5, 6, 20, 63]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def allocated(path: Path) -> int:
-    return os.stat(path).st_blocks * 512
 
 
 def overwrite(path: Path, offset: int, data: bytes) -> None:
@@ -175,7 +158,7 @@ def assert_map_tells_the_truth(target: Path, size: int = SIZE, algorithm: str = 
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    return make_image(tmp_path / "source.img", pieces=sample_pieces())
+    return make_image(tmp_path / "source.img", SIZE, sample_pieces())
 
 
 # ---------------------------------------------------------------- the agent and its handshake

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import signal
 import subprocess
@@ -28,21 +27,12 @@ from orchestrator.mirror import (
 from orchestrator.mirror import writer as writer_module
 from orchestrator.mirror.blockmap import ABSENT, DATA, BlockMap, map_path_for
 from orchestrator.mirror.hashing import chunk_digest
+from tests.images import allocated, make_image, sha256
 
 REPO = Path(__file__).resolve().parents[2]
 KiB, MiB = 1024, 1024**2
 CHUNK = 256 * KiB
 SIZE = 16 * MiB  # 64 chunks
-
-
-def make_image(path: Path, size: int = SIZE, pieces: dict[int, bytes] | None = None) -> Path:
-    """A sparse image: holes everywhere except ``pieces`` (offset -> bytes, written for real)."""
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-        for offset, data in (pieces or {}).items():
-            handle.seek(offset)
-            handle.write(data)
-    return path
 
 
 def sample_pieces() -> dict[int, bytes]:
@@ -52,14 +42,6 @@ def sample_pieces() -> dict[int, bytes]:
         10 * CHUNK: bytes(2 * CHUNK),  # allocated zeros: read, found zero, never written
         SIZE - 100: b"end of disk" * 9,  # the last chunk, ending at the last byte
     }
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def allocated(path: Path) -> int:
-    return os.stat(path).st_blocks * 512
 
 
 def mirror(source: Path, target: Path, mode: str = "full", **kwargs: object) -> PassStats:
@@ -75,7 +57,7 @@ def overwrite(path: Path, offset: int, data: bytes) -> None:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
-    return make_image(tmp_path / "source.img", pieces=sample_pieces())
+    return make_image(tmp_path / "source.img", SIZE, sample_pieces())
 
 
 # ---------------------------------------------------------------- copying
@@ -180,7 +162,7 @@ class CancelAfter:
 
 
 def test_cancelled_copy_resumes_without_rereading(tmp_path: Path) -> None:
-    source = make_image(tmp_path / "source.img", pieces={0: os.urandom(SIZE)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: os.urandom(SIZE)})
     target = tmp_path / "target.img"
     stop = CancelAfter(40)
     with pytest.raises(MirrorCancelled, match="cancelled at offset"):
@@ -201,7 +183,7 @@ def test_cancelled_copy_resumes_without_rereading(tmp_path: Path) -> None:
 
 
 def test_progress_callback_raising_keeps_what_was_written(tmp_path: Path) -> None:
-    source = make_image(tmp_path / "source.img", pieces={0: os.urandom(SIZE)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: os.urandom(SIZE)})
     target = tmp_path / "target.img"
     seen = []
 
@@ -250,7 +232,7 @@ def run_killed(source: Path, target: Path, kill_at: int, mode: str = "full") -> 
 
 
 def test_copy_killed_with_sigkill_resumes(tmp_path: Path) -> None:
-    source = make_image(tmp_path / "source.img", pieces={0: os.urandom(SIZE)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: os.urandom(SIZE)})
     target = tmp_path / "target.img"
     run_killed(source, target, SIZE // 2)
 
@@ -267,7 +249,7 @@ def test_block_that_changes_and_changes_back_is_not_trusted_after_a_kill(tmp_pat
     The map still says A. If the source goes back to A, only the hot extent stops the next pass from
     skipping the chunk while the target holds B."""
     original = os.urandom(CHUNK)
-    source = make_image(tmp_path / "source.img", pieces={0: original, 3 * CHUNK: os.urandom(CHUNK)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: original, 3 * CHUNK: os.urandom(CHUNK)})
     target = tmp_path / "target.img"
     mirror(source, target)
     changed = os.urandom(CHUNK)
@@ -412,7 +394,7 @@ class FailingReader:
 
 
 def test_read_error_names_the_offset_and_leaves_the_chunk_unrecorded(tmp_path: Path) -> None:
-    source = make_image(tmp_path / "source.img", pieces={0: os.urandom(SIZE)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: os.urandom(SIZE)})
     target = tmp_path / "target.img"
     reader = FailingReader(source, 20 * CHUNK + 4096)
     with pytest.raises(
@@ -446,7 +428,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_target_full_names_the_offset_and_resumes_once_space_is_freed(tmp_path: Path, small_fs: Path) -> None:
-    source = make_image(tmp_path / "source.img", pieces={0: os.urandom(SIZE)})
+    source = make_image(tmp_path / "source.img", SIZE, {0: os.urandom(SIZE)})
     target = small_fs / "target.img"
 
     with pytest.raises(
@@ -490,7 +472,7 @@ def test_source_without_hole_information_is_read_whole_and_still_sparse(source: 
 
 
 def test_one_writer_per_target(source: Path, tmp_path: Path) -> None:
-    target = make_image(tmp_path / "target.img")
+    target = make_image(tmp_path / "target.img", SIZE)
     fd = os.open(target, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -501,7 +483,7 @@ def test_one_writer_per_target(source: Path, tmp_path: Path) -> None:
 
 
 def test_disks_mirror_in_parallel_threads(tmp_path: Path) -> None:
-    sources = [make_image(tmp_path / f"s{i}.img", pieces={i * CHUNK: os.urandom(4 * MiB)}) for i in range(4)]
+    sources = [make_image(tmp_path / f"s{i}.img", SIZE, {i * CHUNK: os.urandom(4 * MiB)}) for i in range(4)]
     errors: list[BaseException] = []
 
     def run(index: int) -> None:
