@@ -232,12 +232,8 @@ def _dry_run(session: Any, report_path: Path | None) -> None:
 
 
 def _fmt(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    return (
-        {"htm": "html", "markdown": "md"}.get(suffix, suffix)
-        if suffix in ("html", "htm", "json", "md", "markdown")
-        else "html"
-    )
+    """Report format from the file name; HTML unless it says .json or .md."""
+    return {".json": "json", ".md": "md", ".markdown": "md"}.get(path.suffix.lower(), "html")
 
 
 def _run(

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,6 @@ CREATE TABLE IF NOT EXISTS step_history (
 CREATE INDEX IF NOT EXISTS events_step ON events(step_id);
 CREATE INDEX IF NOT EXISTS resources_step ON resources(step_id);
 """
-
-TERMINAL_OK = frozenset({"done"})
 
 
 class JournalError(Exception):
@@ -156,10 +154,6 @@ class Journal:
         row = self._db.execute("SELECT value FROM meta WHERE key='plan_hash'").fetchone()
         return row[0] if row else None
 
-    def current_playbook_sha(self) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key='playbook_sha256'").fetchone()
-        return row[0] if row else None
-
     def adopt_plan(
         self, plan_json: Mapping[str, Any], node_hashes: Mapping[str, tuple[str | None, str, str]]
     ) -> list[str]:
@@ -199,11 +193,6 @@ class Journal:
             ):
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         return reset
-
-    def stored_plan(self, plan_hash: str | None = None) -> dict[str, Any] | None:
-        plan_hash = plan_hash or self.current_plan_hash()
-        row = self._db.execute("SELECT body FROM plans WHERE plan_hash=?", (plan_hash,)).fetchone()
-        return json.loads(zlib.decompress(row[0])) if row else None
 
     # ------------------------------------------------------------ runs
 
@@ -291,9 +280,6 @@ class Journal:
             row = self._db.execute("SELECT output FROM steps WHERE step_id=?", (step_id,)).fetchone()
         return json.loads(row[0]) if row and row[0] else None
 
-    def history(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute("SELECT * FROM step_history ORDER BY id")]
-
     # ------------------------------------------------------------ resources
 
     def add_resource(self, step_id: str, kind: str, provider: str, ref: Mapping[str, Any]) -> None:
@@ -366,17 +352,6 @@ class Journal:
                     redact(json.dumps(dict(data), default=str)) if data else None,
                 ),
             )
-
-    def events(self, step_id: str | None = None) -> Iterator[dict[str, Any]]:
-        query, args = "SELECT * FROM events", ()
-        if step_id:
-            query, args = query + " WHERE step_id=?", (step_id,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-        for row in rows:
-            item = dict(row)
-            item["data"] = json.loads(item["data"]) if item["data"] else {}
-            yield item
 
 
 def _record(row: sqlite3.Row) -> StepRecord:

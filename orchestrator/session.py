@@ -50,7 +50,8 @@ class Session:
                 f"{self.loaded.path.name} changed since the plan in {self.state_dir} was made "
                 f"(plan {current} -> {self.plan.hash}). Nothing was run. Check the change with "
                 "`migrate plan`, then run again with --replan to adopt it (unchanged finished steps are "
-                "kept).")
+                "kept)."
+            )
         reset: list[str] = []
         if current != self.plan.hash:
             hashes = {s.id: (s.server, s.kind, node_hash(s)) for s in self.plan.steps()}

@@ -388,13 +388,17 @@ def widen_pipe(fd: int) -> None:
         pass  # not a pipe, or above /proc/sys/fs/pipe-max-size: the default works, only slower
 
 
-class FdStream:
-    """A byte stream over two file descriptors (a pipe pair, a socket twice, stdin/stdout of an agent)."""
+class ExactReader:
+    """``read_exact``/``read_into`` over a ``_recv_into`` that may return short counts (0: closed).
 
-    def __init__(self, read_fd: int, write_fd: int, name: str = "peer") -> None:
-        self.read_fd = read_fd
-        self.write_fd = write_fd
-        self.name = name
+    Every stream kind (pipes, an SSH channel) differs only in how it receives some bytes; filling a frame
+    exactly and saying where a stream broke off is written once, here.
+    """
+
+    name: str
+
+    def _recv_into(self, view: memoryview) -> int:
+        raise NotImplementedError
 
     def read_exact(self, count: int) -> bytearray:
         buffer = bytearray(count)
@@ -406,16 +410,28 @@ class FdStream:
         count = len(view)
         done = 0
         while done < count:
-            try:
-                got = os.readv(self.read_fd, [view[done:]])
-            except OSError as exc:
-                raise StreamClosed(f"reading from {self.name} failed: {exc.strerror}") from None
+            got = self._recv_into(view[done:])
             if got == 0:
                 raise StreamClosed(
                     f"{self.name} closed the stream"
                     + (f" in the middle of a frame ({done} of {count} bytes)" if done else "")
                 )
             done += got
+
+
+class FdStream(ExactReader):
+    """A byte stream over two file descriptors (a pipe pair, a socket twice, stdin/stdout of an agent)."""
+
+    def __init__(self, read_fd: int, write_fd: int, name: str = "peer") -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.name = name
+
+    def _recv_into(self, view: memoryview) -> int:
+        try:
+            return os.readv(self.read_fd, [view])
+        except OSError as exc:
+            raise StreamClosed(f"reading from {self.name} failed: {exc.strerror}") from None
 
     def write(self, *parts: bytes | bytearray | memoryview) -> None:
         views = [memoryview(part).cast("B") for part in parts if len(part)]

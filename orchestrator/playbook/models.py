@@ -448,9 +448,6 @@ class Playbook(Model):
     dns: dict[str, DnsConfig] = Field(default_factory=dict)
     servers: list[Server] = Field(min_length=1)
 
-    # Where the playbook was read from; relative paths in it are relative to this folder.
-    model_config = ConfigDict(extra="forbid")
-
     @model_validator(mode="after")
     def _unique_names(self) -> Playbook:
         seen: set[str] = set()

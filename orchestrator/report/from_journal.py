@@ -81,6 +81,7 @@ def build_run_report(
             )
         )
 
+    series = _series(steps)
     servers = [
         _server_summary(server, records, journal, playbook.sync_for(server).interval)
         for server in playbook.servers
@@ -98,8 +99,8 @@ def build_run_report(
         steps=steps,
         findings=findings or [],
         bytes_moved=sum(s.bytes_moved for s in servers),
-        peak_bandwidth=_peak(steps),
-        bandwidth_series=_series(steps),
+        peak_bandwidth=max((rate for _, rate in series), default=0.0),
+        bandwidth_series=series,
         critical_path=[],
         notes=[f"{len(runs)} command run(s) recorded; last: {runs[-1]['command']} ({runs[-1]['status']})"]
         if runs
@@ -152,7 +153,3 @@ def _series(steps: list[StepTiming]) -> list[tuple[float, float]]:
         level += delta
         series.append((t, max(0.0, level)))
     return series
-
-
-def _peak(steps: list[StepTiming]) -> float:
-    return max((rate for _, rate in _series(steps)), default=0.0)

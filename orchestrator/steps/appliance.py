@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator.steps.base import Step, StepContext
+from orchestrator.steps.base import Resource, Step, StepContext
 from providers.base import NotFound
 
 
@@ -29,13 +29,7 @@ class ProvisionAppliance(Step):
         return {"appliance": asdict(appliance)}
 
     def undo(self, ctx: StepContext) -> None:
-        for resource in reversed(ctx.resources()):
-            provider = ctx.provider(resource.provider)
-            appliance = provider.find_appliance(resource.ref["host"], resource.ref["name"])
-            if appliance is not None:
-                with contextlib.suppress(NotFound):
-                    provider.release_appliance(appliance)
-            ctx.forget_resource(resource)
+        release_recorded(ctx, ctx.resources())
 
 
 class ReleaseAppliance(Step):
@@ -44,22 +38,19 @@ class ReleaseAppliance(Step):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         provision_id = ctx.node.id.replace("/release_appliance", "/provision_appliance")
-        ProvisionAppliance().undo(_ForStep(ctx, provision_id))
+        release_recorded(ctx, ctx.resources(provision_id))
         return {"released": ctx.node.params["name"]}
 
     def undo(self, ctx: StepContext) -> None:
         """A released appliance is not brought back; a re-run provisions a new one."""
 
 
-class _ForStep:
-    """The same context, but looking at another step's resources (release undoes provision)."""
-
-    def __init__(self, ctx: StepContext, step_id: str) -> None:
-        self._ctx = ctx
-        self._step_id = step_id
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
-
-    def resources(self, step_id: str | None = None) -> list[Any]:
-        return self._ctx.resources(step_id or self._step_id)
+def release_recorded(ctx: StepContext, resources: list[Resource]) -> None:
+    """Remove the appliances these journal records name (gone already counts as removed)."""
+    for resource in reversed(resources):
+        provider = ctx.provider(resource.provider)
+        appliance = provider.find_appliance(resource.ref["host"], resource.ref["name"])
+        if appliance is not None:
+            with contextlib.suppress(NotFound):
+                provider.release_appliance(appliance)
+        ctx.forget_resource(resource)

@@ -37,7 +37,7 @@ def shared_throttle(ctx: StepContext) -> Throttle | None:
     key = source_host(ctx.server)
     with _throttles_lock:
         if key not in _throttles:
-            _throttles[key] = Throttle(limit=bandwidth.limit, schedule=bandwidth.schedule)
+            _throttles[key] = Throttle.from_options(bandwidth)
         return _throttles[key]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import paramiko
 
-from orchestrator.mirror.protocol import StreamClosed
+from orchestrator.mirror.protocol import ExactReader, StreamClosed
 
 from . import HostKeyError, TransportError
 from .local import StderrTail
@@ -46,7 +46,7 @@ def _normalise_fingerprint(text: str) -> str:
     return "SHA256:" + text.rstrip("=")
 
 
-class SshProcess:
+class SshProcess(ExactReader):
     """An exec channel's stdin/stdout as a stream; stderr is kept aside for error messages."""
 
     def __init__(self, channel: paramiko.Channel, name: str) -> None:
@@ -66,26 +66,13 @@ class SshProcess:
         except (OSError, EOFError, paramiko.SSHException):
             return
 
-    def read_exact(self, count: int) -> bytearray:
-        buffer = bytearray(count)
-        self.read_into(memoryview(buffer))
-        return buffer
-
-    def read_into(self, view: memoryview) -> None:
-        count = len(view)
-        done = 0
-        while done < count:
-            try:
-                data = self.channel.recv(count - done)
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise StreamClosed(f"reading from {self.name} failed: {exc}") from None
-            if not data:
-                raise StreamClosed(
-                    f"{self.name} closed the stream"
-                    + (f" in the middle of a frame ({done} of {count} bytes)" if done else "")
-                )
-            view[done : done + len(data)] = data
-            done += len(data)
+    def _recv_into(self, view: memoryview) -> int:
+        try:
+            data = self.channel.recv(len(view))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise StreamClosed(f"reading from {self.name} failed: {exc}") from None
+        view[: len(data)] = data
+        return len(data)
 
     def write(self, *parts: bytes | bytearray | memoryview) -> None:
         try:
