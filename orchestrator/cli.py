@@ -461,6 +461,7 @@ def status(playbook: Path, state_dir: Path | None, show_steps: bool, as_json: bo
     """Where each server is: state, steps done, current step and progress, last pass and lag."""
     from orchestrator.journal import JournalError
     from orchestrator.report.from_journal import build_run_report
+    from orchestrator.report.progress import running_progress
     from orchestrator.report.status_view import render_status
 
     session = _session(playbook, state_dir)
@@ -475,6 +476,7 @@ def status(playbook: Path, state_dir: Path | None, show_steps: bool, as_json: bo
                 {
                     "servers": report.to_dict()["servers"],
                     "steps": report.to_dict()["steps"],
+                    "progress": running_progress(journal),
                 },
                 indent=2,
                 default=str,

@@ -35,7 +35,7 @@ class Observer(Protocol):
 
     def step_finished(self, node: StepNode, state: str, error: str | None) -> None: ...
 
-    def progress(self, node: StepNode, done: int, total: int, label: str) -> None: ...
+    def progress(self, node: StepNode, done: int, total: int, label: str, part: str = "") -> None: ...
 
     def event(self, node: StepNode | None, level: str, message: str) -> None: ...
 
@@ -47,7 +47,7 @@ class NullObserver:
     def step_finished(self, node: StepNode, state: str, error: str | None) -> None:
         pass
 
-    def progress(self, node: StepNode, done: int, total: int, label: str) -> None:
+    def progress(self, node: StepNode, done: int, total: int, label: str, part: str = "") -> None:
         pass
 
     def event(self, node: StepNode | None, level: str, message: str) -> None:
@@ -131,6 +131,8 @@ class _Context:
         self.state_dir = executor.state_dir
         self.base_dir = executor.base_dir
         self._last_progress = 0.0
+        self._parts: dict[str, dict[str, float]] = {}
+        self._last_parts = 0.0
 
     @property
     def server(self) -> Server:
@@ -165,12 +167,23 @@ class _Context:
     def load_checkpoint(self, key: str) -> dict[str, Any] | None:
         return self._x.journal.load_checkpoint(key)
 
-    def progress(self, done: int, total: int, *, unit: str = "B", label: str = "") -> None:
-        self._x.observer.progress(self.node, done, total, label)
+    def progress(self, done: int, total: int, *, unit: str = "B", label: str = "", part: str = "") -> None:
+        self._x.observer.progress(self.node, done, total, label, part)
         now = time.monotonic()
-        if now - self._last_progress >= 1.0 or done >= total:
+        if part:
+            self._part_progress(part, done, total, now)
+        elif now - self._last_progress >= 1.0 or done >= total:
             self._last_progress = now
             self._x.journal.set_progress(self.node.id, done, total)
+
+    def _part_progress(self, part: str, done: int, total: int, now: float) -> None:
+        """Per-part progress (one disk of a pass) goes to a checkpoint `migrate status` reads, at most
+        once a second; the rate is measured from when the part started, ETA follows from it."""
+        record = self._parts.setdefault(part, {"started": time.time(), "done": 0, "total": total})
+        record.update(done=done, total=total, updated=time.time())
+        if now - self._last_parts >= 1.0 or all(r["done"] >= r["total"] for r in self._parts.values()):
+            self._last_parts = now
+            self._x.journal.checkpoint(f"progress/{self.node.id}", {"parts": self._parts})
 
     def event(self, message: str, *, level: str = "info", **data: Any) -> None:
         self._x.journal.event(self._x.run_id, self.node.id, level, message, data)

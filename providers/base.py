@@ -164,6 +164,19 @@ class DiskEndpoint:
 
 
 @dataclass(frozen=True)
+class AgentLocation:
+    """A place the data plane can start an agent (orchestrator/agent.py) and the disk path it uses there.
+
+    ``transport`` is an orchestrator.transport.Transport (kept as Any: providers do not depend on the
+    orchestrator's classes); the mirror ships the agent through it and reads or writes ``path`` on that
+    host. ``None`` means this machine: when both ends of a copy are here, it runs in-process.
+    """
+
+    transport: Any
+    path: str
+
+
+@dataclass(frozen=True)
 class NicRequest:
     network: str
     mac: str | None  # None: let the hypervisor generate one
@@ -238,6 +251,11 @@ class Provider(Protocol):
         """Make a disk writable by the data plane; ``None`` appliance means write on the host itself."""
         ...
 
+    def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
+        """Where a writer agent must run to write ``endpoint`` (an appliance, a remote hypervisor host);
+        None: ``endpoint.path`` is a file, device or NBD URI this machine can write itself."""
+        ...
+
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None: ...
 
     def create_vm(self, request: VmRequest) -> VmRef: ...
@@ -279,6 +297,11 @@ class Source(Protocol):
     def discover(self) -> SourceFacts: ...
 
     def open_disk(self, name: str) -> DiskReader: ...
+
+    def disk_location(self, name: str) -> AgentLocation | None:
+        """Where disk ``name`` can be read by path (an SSH host's device, an image file here with
+        ``transport=None``); None: only through ``open_disk``, in this process."""
+        ...
 
     def quiesce(self) -> None: ...
 

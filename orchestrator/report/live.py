@@ -59,8 +59,8 @@ class LiveObserver:
     def step_finished(self, node: StepNode, state: str, error: str | None) -> None:
         with self._lock:
             began = self._started.pop(node.id, time.monotonic())
-            task = self._tasks.pop(node.id, None)
-        if task is not None:
+            tasks = [self._tasks.pop(k) for k in list(self._tasks) if k.split("\0")[0] == node.id]
+        for task in tasks:
             self.bars.remove_task(task)
         took = time.monotonic() - began
         style = _STATE_STYLE.get(state, "white")
@@ -69,12 +69,14 @@ class LiveObserver:
             line += f"\n           [red]{error}[/]"
         self.console.print(line, highlight=False)
 
-    def progress(self, node: StepNode, done: int, total: int, label: str) -> None:
+    def progress(self, node: StepNode, done: int, total: int, label: str, part: str = "") -> None:
+        """One bar per disk when the step reports disks (``part``), else one for the step."""
+        key = f"{node.id}\0{part}"
         with self._lock:
-            task = self._tasks.get(node.id)
+            task = self._tasks.get(key)
             if task is None:
                 task = self.bars.add_task(label or node.id, total=total)
-                self._tasks[node.id] = task
+                self._tasks[key] = task
         self.bars.update(task, completed=done, total=total)
 
     def event(self, node: StepNode | None, level: str, message: str) -> None:

@@ -8,9 +8,20 @@ from rich.table import Table
 from orchestrator.journal import Journal
 from orchestrator.playbook.units import format_duration, format_size
 from orchestrator.report.model import RunReport
+from orchestrator.report.progress import PartProgress, combined, step_parts
 
 _CONVERGENCE = {"NOT_CONVERGING": "[bold yellow]NOT_CONVERGING[/]", "converged": "[green]converged[/]"}
 _STYLE = {"done": "green", "failed": "bold red", "running": "cyan", "pending": "dim", "undone": "magenta"}
+
+
+def _describe(part: PartProgress) -> str:
+    """45% of 8.0 GiB, 310 MiB/s, 12s left"""
+    text = f"{part.percent:.0f}% of {format_size(part.total)}"
+    if part.rate:
+        text += f", {format_size(part.rate)}/s"
+    if part.eta is not None and part.done < part.total:
+        text += f", {format_duration(part.eta)} left"
+    return text
 
 
 def render_status(console: Console, report: RunReport, journal: Journal, *, show_steps: bool) -> None:
@@ -21,10 +32,15 @@ def render_status(console: Console, report: RunReport, journal: Journal, *, show
     for server in report.servers:
         running = [r for r in records.values() if r.server == server.name and r.state == "running"]
         current, progress = "", ""
+        parts: list[PartProgress] = []
         if running:
             step = running[0]
             current = step.kind
-            if step.progress_total:
+            parts = step_parts(journal, step)
+            whole = combined(parts)
+            if whole is not None:
+                progress = _describe(whole)
+            elif step.progress_total:
                 progress = f"{100 * step.progress_done / step.progress_total:.0f}% of " + format_size(
                     step.progress_total
                 )
@@ -41,6 +57,9 @@ def render_status(console: Console, report: RunReport, journal: Journal, *, show
             f"{format_duration(server.lag)} ago" if server.lag is not None else "-",
             server.target,
         )
+        if len(parts) > 1:
+            for part in parts:
+                table.add_row("", "", "", f"[dim]  disk {part.name}[/]", _describe(part), "", "", "", "")
     console.print(table)
     if show_steps:
         steps = Table(show_lines=False)

@@ -12,21 +12,33 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, ClassVar
 
 from orchestrator.convergence import assess, record_pass
-from orchestrator.mirror.copier import PassStats, mirror_disk
+from orchestrator.mirror.copier import Mode, PassStats
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
+from orchestrator.mirror.remote import RemotePassStats
+from orchestrator.mirror.route import DiskCopy, copy_disk
 from orchestrator.mirror.throttle import Throttle
 from orchestrator.planner import source_host
+from orchestrator.playbook.units import format_size
 from orchestrator.steps.base import Cancelled, Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, replica_disks
 from orchestrator.steps.guest import reapply_staged_state
+from orchestrator.transport import TransportError
+from providers.base import AgentLocation, DiskEndpoint
 
 _throttles: dict[str, Throttle] = {}
 _throttles_lock = threading.Lock()
 MAX_DISKS_AT_ONCE = 4
+CHECKPOINT_SECONDS = 5.0  # how often a pass journals what the target holds durably
+
+
+def _location(owner: Any, method: str, key: Any) -> AgentLocation | None:
+    """``owner.method(key)`` for providers and sources that know data-plane locations; None otherwise
+    (a third-party plugin written before they existed)."""
+    find = getattr(owner, method, None)
+    return find(key) if find is not None else None
 
 
 def shared_throttle(ctx: StepContext) -> Throttle | None:
@@ -46,51 +58,51 @@ class _MirrorPass(Step):
     retryable = True
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        options = ctx.playbook.mirror_for(ctx.server)
         source = ctx.source()
+        provider = ctx.provider(ctx.server.target.provider)
         pairs = list(zip(replica_disks(ctx), endpoints(ctx), strict=True))
-        for (_, _disk), endpoint in pairs:
-            if endpoint.kind != "file" or endpoint.host != "local":
-                raise StepFailed(
-                    f"endpoint {endpoint.kind} on {endpoint.host} needs the remote agent, which "
-                    "this build does not have yet; use a provider with appliance: host"
-                )
-        totals = {e.path: 0 for _, e in pairs}
-        sizes = sum(e.size for _, e in pairs)
-        lock = threading.Lock()
+        copies = [self.plan_copy(ctx, source, provider, name, endpoint) for (name, _), endpoint in pairs]
         throttle = shared_throttle(ctx)
+        totals = {endpoint.path: 0 for _, endpoint in pairs}
+        everything = sum(endpoint.size for _, endpoint in pairs)
+        lock = threading.Lock()
+        label = f"{self.mode} {ctx.server.name}"
 
-        def one(pair: tuple[tuple[str, Any], Any]) -> PassStats:
-            (source_name, _disk), endpoint = pair
+        def one(item: tuple[tuple[tuple[str, Any], Any], DiskCopy]) -> PassStats:
+            ((source_name, disk), endpoint), copy = item
+            last_checkpoint = [0.0]
 
-            def progress(done: int, _total: int) -> None:
+            def progress(done: int, total: int) -> None:
                 with lock:
                     totals[endpoint.path] = done
-                    ctx.progress(sum(totals.values()), sizes, label=f"{self.mode} {ctx.server.name}")
+                    ctx.progress(done, total, label=f"{label} {disk.name}", part=disk.name)
+                    ctx.progress(sum(totals.values()), everything, label=label)
 
-            reader = source.open_disk(source_name)
-            try:
-                return mirror_disk(
-                    reader,
-                    Path(endpoint.path),
-                    chunk_size=options.chunk_size,
-                    mode=self.pass_mode(),
-                    throttle=throttle,
-                    progress=progress,
-                    cancelled=ctx.cancelled,
-                    source_identity=f"{ctx.server.name}:{source_name}",
-                    verify=options.verify,
-                )
-            finally:
-                reader.close()
+            def checkpoint(durable: int) -> None:
+                now = time.monotonic()
+                if now - last_checkpoint[0] >= CHECKPOINT_SECONDS:
+                    last_checkpoint[0] = now
+                    ctx.checkpoint(
+                        f"{ctx.server.name}/mirror/{disk.name}",
+                        {"mode": self.mode, "durable_bytes": durable, "at": time.time()},
+                    )
+
+            return copy_disk(
+                copy,
+                open_reader=lambda: source.open_disk(source_name),
+                throttle=throttle,
+                progress=progress,
+                cancelled=ctx.cancelled,
+                checkpoint=checkpoint,
+            )
 
         started = time.time()
         try:
             with ThreadPoolExecutor(max_workers=min(MAX_DISKS_AT_ONCE, len(pairs)) or 1) as pool:
-                stats = list(pool.map(one, pairs))
+                stats = list(pool.map(one, zip(pairs, copies, strict=True)))
         except MirrorCancelled as exc:
             raise Cancelled(str(exc)) from None
-        except MirrorError as exc:
+        except (MirrorError, TransportError) as exc:
             raise StepFailed(str(exc), retryable=getattr(exc, "retryable", False)) from None
         output = self.summarize(ctx, pairs, stats, started)
         finished = time.time()
@@ -115,8 +127,33 @@ class _MirrorPass(Step):
             output["restaged"] = edits
         return output
 
-    def pass_mode(self) -> str:
+    def pass_mode(self) -> Mode:
         return "full" if self.mode == "full" else "incremental"
+
+    def plan_copy(
+        self, ctx: StepContext, source: Any, provider: Any, source_name: str, endpoint: DiskEndpoint
+    ) -> DiskCopy:
+        """Where this disk is read and written; refused early when the two ends cannot meet."""
+        options = ctx.playbook.mirror_for(ctx.server)
+        reading = _location(source, "disk_location", source_name)
+        writing = _location(provider, "writer_location", endpoint) or AgentLocation(None, endpoint.path)
+        copy = DiskCopy(
+            source=reading,
+            target=writing,
+            source_identity=f"{ctx.server.name}:{source_name}",
+            chunk_size=options.chunk_size,
+            mode=self.pass_mode(),
+            verify=options.verify,
+            compression=options.compression,
+            compression_level=options.compression_level,
+            map_path=endpoint.transport.get("map_path"),
+        )
+        if reading is None and not copy.in_process:
+            raise StepFailed(
+                f"{ctx.server.name}: disk {source_name} can only be read on this machine, but its target "
+                f"is written on {endpoint.host}; give the source as a path an agent can read"
+            )
+        return copy
 
     def summarize(
         self, ctx: StepContext, pairs: list[Any], stats: list[PassStats], started: float
@@ -126,13 +163,24 @@ class _MirrorPass(Step):
             item = {"source": source_name, "disk": disk.name, **asdict(stat)}
             item.pop("differing_ranges", None)
             disks.append(item)
+            wire = getattr(stat, "wire_bytes", None)
+            sent = (
+                f"{format_size(wire)} on the wire (compression {stat.compression_ratio:.2f}x), "
+                if isinstance(stat, RemotePassStats)
+                else ""
+            )
             ctx.event(
-                f"{self.mode} {source_name} -> {disk.name}: {stat.bytes_written} B written, "
-                f"{stat.zero_bytes_skipped} B zero, {stat.unchanged_bytes_skipped} B unchanged, "
-                f"{stat.resumed_bytes_skipped} B already there; digest {stat.digest[:16]}",
+                f"{self.mode} {source_name} -> {disk.name}: {format_size(stat.bytes_written)} written, "
+                f"{sent}{format_size(stat.zero_bytes_skipped)} skipped as zero, "
+                f"{format_size(stat.unchanged_bytes_skipped)} unchanged, "
+                f"{format_size(stat.resumed_bytes_skipped)} already there; digest {(stat.digest or '')[:16]}",
+                disk=disk.name,
                 bytes_written=stat.bytes_written,
+                bytes_sent=wire if wire is not None else stat.bytes_written,
                 zero=stat.zero_bytes_skipped,
                 unchanged=stat.unchanged_bytes_skipped,
+                resumed=stat.resumed_bytes_skipped,
+                compression_ratio=getattr(stat, "compression_ratio", 1.0),
             )
         return {
             "mode": self.mode,
@@ -140,6 +188,7 @@ class _MirrorPass(Step):
             "disks": disks,
             "bytes_written": sum(s.bytes_written for s in stats),
             "bytes_read": sum(s.bytes_read for s in stats),
+            "bytes_sent": sum(getattr(s, "wire_bytes", s.bytes_written) for s in stats),
         }
 
     def undo(self, ctx: StepContext) -> None:

@@ -17,7 +17,7 @@ from orchestrator.guest.extfs import GuestFsError
 from orchestrator.guest.linux import RootFs, find_linux_root, os_release, parse_interfaces
 from orchestrator.playbook.models import ImageSource as ImageSourceConfig
 from orchestrator.playbook.units import format_size
-from providers.base import DiskReader, ProviderError, SourceDisk, SourceFacts, SourceNic
+from providers.base import AgentLocation, DiskReader, ProviderError, SourceDisk, SourceFacts, SourceNic
 
 
 class ImageSource:
@@ -75,6 +75,10 @@ class ImageSource:
             raise ProviderError(
                 f"server {self.name}: cannot open image {path}: {exc.strerror or exc}"
             ) from None
+
+    def disk_location(self, name: str) -> AgentLocation:
+        """An image on this machine: read in-process when the target is here too, else by a local agent."""
+        return AgentLocation(transport=None, path=str(self._path(name)))
 
     def quiesce(self) -> None:
         """An image is not running: nothing to freeze."""

@@ -244,6 +244,10 @@ class SimProvider:
             for sidecar in path.parent.glob(f"{path.name}.*"):
                 sidecar.unlink(missing_ok=True)
 
+    def writer_location(self, endpoint: DiskEndpoint) -> None:
+        """The simulated datastores are folders on this machine: written in-process."""
+        return None
+
     def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
         """Record that the data plane may write ``disk``; ``None`` means on the host itself.
 

@@ -62,6 +62,13 @@ def test_ctrl_c_stops_cleanly_with_130_and_the_same_command_resumes(migration: M
     slow(m, "4MiB/s")
     process = m.start("execute", PB)
     m.wait_for_step("db01/mirror")
+    time.sleep(2.5)  # per-disk progress reaches the journal at most once a second
+    parts = json.loads(m.run("status", PB, "--json").stdout)["progress"]["db01/mirror"]
+    assert {p["name"] for p in parts} == {"db01-disk0", "db01-disk1"}
+    assert all(0 < p["done"] <= p["total"] and p["rate"] > 0 for p in parts), parts
+    assert any(p["eta"] > 0 for p in parts), parts
+    shown = m.run("status", PB).stdout
+    assert "disk db01-disk1" in shown and "left" in shown and "/s" in shown, shown
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

@@ -1,13 +1,15 @@
 """A real OpenSSH server on 127.0.0.1 and a free high port, with its own host key and one authorized key.
 
-``sshd_server`` skips the test when /usr/sbin/sshd (Debian package ``openssh-server``) is missing. It logs
-in the user running the tests (root in CI) with a generated ed25519 key; ``known_hosts`` lists the host
-key under ``[127.0.0.1]:PORT`` and ``fingerprint`` is its ``SHA256:`` form, as ``ssh-keygen -lf`` shows.
+``running_sshd`` starts one (the benchmarks use it directly); the ``sshd_server`` fixture wraps it and
+skips the test when /usr/sbin/sshd (Debian package ``openssh-server``) is missing. It logs in the user
+running the tests (root in CI) with a generated ed25519 key; ``known_hosts`` lists the host key under
+``[127.0.0.1]:PORT`` and ``fingerprint`` is its ``SHA256:`` form, as ``ssh-keygen -lf`` shows.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import getpass
 import hashlib
 import os
@@ -67,13 +69,25 @@ def _answers(port: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+def missing_tools() -> list[str]:
+    """What is missing to run a server here, as Debian package hints (empty: everything is there)."""
+    missing = []
     if not Path(SSHD).exists():
-        pytest.skip("sshd is not installed (Debian package openssh-server): /usr/sbin/sshd is missing")
+        missing.append(f"sshd (Debian package openssh-server): {SSHD} is missing")
     if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen is not installed (Debian package openssh-client)")
-    directory = tmp_path_factory.mktemp("sshd")
+        missing.append("ssh-keygen (Debian package openssh-client) is missing")
+    return missing
+
+
+@contextlib.contextmanager
+def running_sshd(directory: Path) -> Iterator[SshServer]:
+    """Start sshd with keys and config in ``directory`` (created, mode 0700), stop it on exit.
+
+    Not a fixture, so the benchmarks start the very same server the tests use.
+    """
+    if missing := missing_tools():
+        raise RuntimeError("cannot start sshd: " + "; ".join(missing))
+    directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)  # sshd's StrictModes-like checks on key files
     host_public = _keygen(directory / "host_ed25519")
     client_public = _keygen(directory / "client_ed25519")
@@ -136,3 +150,11 @@ Subsystem sftp internal-sftp
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    if missing := missing_tools():
+        pytest.skip("; ".join(missing))
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
