@@ -246,7 +246,9 @@ def _run(
     verbose: bool = False,
     report_path: Path | None = None,
     prepare: Callable[[Any, Any], None] | None = None,
+    conclude: Callable[[Any], int] | None = None,
 ) -> None:
+    """Run the selected steps; ``conclude(journal)`` may print more and raise the exit code."""
     from orchestrator.executor import Executor
     from orchestrator.journal import JournalError
     from orchestrator.report.live import LiveObserver
@@ -298,8 +300,11 @@ def _run(
     _summarize(result, session, command, journal.states())
     if report_path:
         _write_run_report(session, journal, report_path)
+    code = result.exit_code
+    if conclude is not None and result.status in ("done", "waiting"):
+        code = max(code, conclude(journal))
     journal.close()
-    sys.exit(result.exit_code)
+    sys.exit(code)
 
 
 def _check_servers(session: Any, servers: list[str] | None) -> None:
@@ -343,8 +348,16 @@ def _summarize(result: Any, session: Any, command: str, states: dict[str, str]) 
 @main.command()
 @playbook_argument
 @click.argument("servers", nargs=-1)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="compare source and replica chunk by chunk without copying; list the ranges that differ "
+    "(exit 1 if any) so the next plain sync repairs exactly those",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def sync(playbook: Path, state_dir: Path | None, servers: tuple[str, ...], verbose: bool) -> None:
+def sync(
+    playbook: Path, state_dir: Path | None, servers: tuple[str, ...], verify: bool, verbose: bool
+) -> None:
     """One more incremental pass for SERVERS (default: all) - only changed chunks travel."""
     session = _session(playbook, state_dir)
     names = list(servers) or session.plan.servers
@@ -354,9 +367,24 @@ def sync(playbook: Path, state_dir: Path | None, servers: tuple[str, ...], verbo
         not_mirrored = [s for s in names if states.get(f"{s}/mirror") != "done"]
         if not_mirrored:
             fail(f"no full mirror yet for {', '.join(not_mirrored)}: run `migrate execute` first")
+        for name in names:  # read (and cleared) by the server's sync step
+            journal.checkpoint(f"{name}/pass_request", {"mode": "verify"} if verify else None)
         journal.reset([f"{s}/sync" for s in names])
 
-    _run(session, phases=["replicate"], servers=names, command="sync", verbose=verbose, prepare=again)
+    def differences(journal: Any) -> int:
+        from orchestrator.report.verify_view import render_verify
+
+        return render_verify(console, {name: journal.output(f"{name}/sync") for name in names})
+
+    _run(
+        session,
+        phases=["replicate"],
+        servers=names,
+        command="sync",
+        verbose=verbose,
+        prepare=again,
+        conclude=differences if verify else None,
+    )
 
 
 @main.command()

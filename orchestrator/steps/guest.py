@@ -20,8 +20,7 @@ STAGING_KINDS = ("stage_system_state", "remap_nics")
 
 def boot_disk_path(ctx: StepContext) -> str | None:
     """The local path of the replica's boot disk, if the data plane can reach it from here."""
-    disks = ctx.server.target.disks
-    index = next((i for i, d in enumerate(disks) if d.boot), 0)
+    index = boot_disk_index(ctx)
     eps = endpoints(ctx)
     if index >= len(eps) or eps[index].kind != "file" or eps[index].host != "local":
         return None
@@ -35,15 +34,24 @@ def _apply(ctx: StepContext, edits: list[dict[str, Any]]) -> list[str]:
     return apply_edits(path, [GuestEdit.from_json(e) for e in edits])
 
 
+def _staged(ctx: StepContext) -> list[list[dict[str, Any]]]:
+    return [o["edits"] for o in map(lambda k: optional_output(ctx, k), STAGING_KINDS) if o and o.get("edits")]
+
+
 def reapply_staged_state(ctx: StepContext) -> int:
     """After a sync pass: put back what staging wrote, if staging already ran."""
-    count = 0
-    for kind in STAGING_KINDS:
-        output = optional_output(ctx, kind)
-        if output and output.get("edits"):
-            _apply(ctx, output["edits"])
-            count += len(output["edits"])
-    return count
+    for edits in _staged(ctx):
+        _apply(ctx, edits)
+    return staged_edit_count(ctx)
+
+
+def staged_edit_count(ctx: StepContext) -> int:
+    """How many staged edits the replica's boot disk carries (so differs from the source by design)."""
+    return sum(len(edits) for edits in _staged(ctx))
+
+
+def boot_disk_index(ctx: StepContext) -> int:
+    return next((i for i, d in enumerate(ctx.server.target.disks) if d.boot), 0)
 
 
 def _linux_root_or_warn(ctx: StepContext, source: SourceFacts, what: str) -> bool:

@@ -24,7 +24,7 @@ from orchestrator.planner import source_host
 from orchestrator.playbook.units import format_size
 from orchestrator.steps.base import Cancelled, Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, replica_disks
-from orchestrator.steps.guest import reapply_staged_state
+from orchestrator.steps.guest import boot_disk_index, reapply_staged_state, staged_edit_count
 from orchestrator.transport import TransportError
 from providers.base import AgentLocation, DiskEndpoint
 
@@ -32,6 +32,7 @@ _throttles: dict[str, Throttle] = {}
 _throttles_lock = threading.Lock()
 MAX_DISKS_AT_ONCE = 4
 CHECKPOINT_SECONDS = 5.0  # how often a pass journals what the target holds durably
+MAX_RANGES_KEPT = 100  # differing ranges kept per disk in a verify pass's output (the count is exact)
 
 
 def _location(owner: Any, method: str, key: Any) -> AgentLocation | None:
@@ -58,15 +59,18 @@ class _MirrorPass(Step):
     retryable = True
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        mode = self.pass_mode(ctx)
         source = ctx.source()
         provider = ctx.provider(ctx.server.target.provider)
         pairs = list(zip(replica_disks(ctx), endpoints(ctx), strict=True))
-        copies = [self.plan_copy(ctx, source, provider, name, endpoint) for (name, _), endpoint in pairs]
+        copies = [
+            self.plan_copy(ctx, source, provider, name, endpoint, mode) for (name, _), endpoint in pairs
+        ]
         throttle = shared_throttle(ctx)
         totals = {endpoint.path: 0 for _, endpoint in pairs}
         everything = sum(endpoint.size for _, endpoint in pairs)
         lock = threading.Lock()
-        label = f"{self.mode} {ctx.server.name}"
+        label = f"{mode if mode == 'verify' else self.mode} {ctx.server.name}"
 
         def one(item: tuple[tuple[tuple[str, Any], Any], DiskCopy]) -> PassStats:
             ((source_name, disk), endpoint), copy = item
@@ -105,6 +109,8 @@ class _MirrorPass(Step):
         except (MirrorError, TransportError) as exc:
             raise StepFailed(str(exc), retryable=getattr(exc, "retryable", False)) from None
         output = self.summarize(ctx, pairs, stats, started)
+        if mode == "verify":
+            return self.verified(ctx, output, pairs, stats)
         finished = time.time()
         entry = {
             "mode": self.mode,
@@ -127,11 +133,46 @@ class _MirrorPass(Step):
             output["restaged"] = edits
         return output
 
-    def pass_mode(self) -> Mode:
+    def pass_mode(self, ctx: StepContext) -> Mode:
         return "full" if self.mode == "full" else "incremental"
 
+    def verified(
+        self, ctx: StepContext, output: dict[str, Any], pairs: list[Any], stats: list[PassStats]
+    ) -> dict[str, Any]:
+        """A verify pass copies nothing, so it is no sync pass for convergence; it reports what differs
+        (the target's map now says so too, and the next incremental pass sends exactly those chunks)."""
+        differing = []
+        staged = staged_edit_count(ctx)
+        for index, (((_, disk), _), stat) in enumerate(zip(pairs, stats, strict=True)):
+            ranges = stat.differing_ranges
+            differing.append(
+                {
+                    "disk": disk.name,
+                    "ranges": [list(r) for r in ranges[:MAX_RANGES_KEPT]],
+                    "range_count": len(ranges),
+                    "bytes": sum(length for _, length in ranges),
+                    "staged_edits": staged if index == boot_disk_index(ctx) else 0,
+                }
+            )
+            if ranges:
+                ctx.event(
+                    f"verify {disk.name}: {len(ranges)} range(s) differ, "
+                    f"{format_size(differing[-1]['bytes'])} in all, first at offset {ranges[0][0]}; "
+                    "`migrate sync` repairs them",
+                    level="warning",
+                    disk=disk.name,
+                )
+        output["differing"] = differing
+        return output
+
     def plan_copy(
-        self, ctx: StepContext, source: Any, provider: Any, source_name: str, endpoint: DiskEndpoint
+        self,
+        ctx: StepContext,
+        source: Any,
+        provider: Any,
+        source_name: str,
+        endpoint: DiskEndpoint,
+        mode: Mode,
     ) -> DiskCopy:
         """Where this disk is read and written; refused early when the two ends cannot meet."""
         options = ctx.playbook.mirror_for(ctx.server)
@@ -142,7 +183,7 @@ class _MirrorPass(Step):
             target=writing,
             source_identity=f"{ctx.server.name}:{source_name}",
             chunk_size=options.chunk_size,
-            mode=self.pass_mode(),
+            mode=mode,
             verify=options.verify,
             compression=options.compression,
             compression_level=options.compression_level,
@@ -205,6 +246,15 @@ class Sync(_MirrorPass):
     kind = "sync"
     mode = "sync"
     description = "incremental pass: only chunks whose hash changed since the last pass"
+
+    def pass_mode(self, ctx: StepContext) -> Mode:
+        """`migrate sync --verify` asks for one verify pass instead (the request is used up here)."""
+        key = f"{ctx.server.name}/pass_request"
+        request = ctx.load_checkpoint(key)
+        if request is None:
+            return "incremental"
+        ctx.checkpoint(key, None)
+        return "verify" if request.get("mode") == "verify" else "incremental"
 
 
 class FinalSync(_MirrorPass):

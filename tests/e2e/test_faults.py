@@ -178,3 +178,22 @@ def test_cutover_refuses_a_stale_replica_unless_forced(migration: Migration) -> 
     forced = m.run("cutover", PB, "app01", "--force").stdout
     assert "app01/verify_replica" in forced
     assert (m.sim / "vms" / "app01.json").exists()
+
+
+def test_verify_finds_a_chunk_damaged_on_the_replica_and_the_next_sync_repairs_it(
+    migration: Migration,
+) -> None:
+    m = migration
+    m.run("execute", PB)
+    replica = m.disk("db01-disk1")  # the data disk: staging leaves it alone
+    with open(replica, "r+b") as disk:
+        disk.seek(3 * 1024**2 + 100)
+        disk.write(b"bit rot")
+    found = m.run("sync", PB, "db01", "--verify", check=1).stdout
+    assert "db01-disk1" in found and "3145728+1048576" in found, found  # the 1 MiB chunk that holds it
+    assert "run `migrate sync` to repair" in found
+    assert sha256(replica) != sha256(m.images / "db01-data.raw")  # verify copies nothing
+    m.run("sync", PB, "db01")
+    assert sha256(replica) == sha256(m.images / "db01-data.raw")
+    clean = m.run("sync", PB, "db01", "--verify").stdout  # only the staged boot disk differs now
+    assert "db01-disk1 │ identical" in clean and "staged edits" in clean, clean
