@@ -197,3 +197,21 @@ def test_verify_finds_a_chunk_damaged_on_the_replica_and_the_next_sync_repairs_i
     assert sha256(replica) == sha256(m.images / "db01-data.raw")
     clean = m.run("sync", PB, "db01", "--verify").stdout  # only the staged boot disk differs now
     assert "db01-disk1 │ identical" in clean and "staged edits" in clean, clean
+
+
+def test_a_killed_mirror_resumes_from_the_target_even_with_a_fresh_state_directory(
+    migration: Migration,
+) -> None:
+    m = migration
+    slow(m)
+    process = m.start("execute", PB)
+    m.wait_for_step("db01/mirror")
+    time.sleep(6.5)  # past the writer's 5 s durability batch
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    subprocess.run(["rm", "-rf", str(m.state)], check=True)  # the orchestrator's machine was lost
+    m.edit("limit: 8MiB/s", "limit: 200MiB/s")
+    m.run("execute", PB)
+    assert sha256(m.disk("db01-disk1")) == sha256(m.images / "db01-data.raw")
+    output = journal_output(m, "db01/mirror")
+    assert sum(d["resumed_bytes_skipped"] for d in output["disks"]) > 0  # the block map on the target
