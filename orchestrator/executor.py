@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import networkx as nx
+
 from orchestrator.journal import Journal
 from orchestrator.planner import Plan
 from orchestrator.playbook.models import Playbook, Server
@@ -378,6 +380,22 @@ class Executor:
             undone.append(step_id)
         return undone
 
+    def _forget_work_built_on(self, undone: list[str]) -> None:
+        """Steps that built on what was just removed (a mirror into a deleted disk, staging on it) are
+        done no more: they run again next time, and the pass history of a deleted replica goes too."""
+        graph = self.plan.graph
+        stale = set(undone).union(*(nx.descendants(graph, step_id) for step_id in undone))
+        # What those steps stood on and is gone too (an appliance released at cutover) is needed again.
+        emptied = self.journal.emptied_steps()
+        stale |= {a for step_id in undone for a in nx.ancestors(graph, step_id) if a in emptied}
+        states = self.journal.states()
+        self.journal.reset(sorted(s for s in stale - set(undone) if states.get(s) in ("done", "failed")))
+        for step_id in stale:
+            node = self.plan.node(step_id)
+            if node.kind == "create_disks" and node.server is not None:
+                for key in ("last_pass", "passes"):
+                    self.journal.checkpoint(f"{node.server}/{key}", None)
+
     def undo(self, step_ids: list[str]) -> tuple[list[str], dict[str, str]]:
         """Undo steps in the given (reverse dependency) order; the source is never touched."""
         self.run_id = self.journal.begin_run("undo", self.plan.hash)
@@ -393,6 +411,7 @@ class Executor:
                 continue
             self.journal.set_state(step_id, "undone", run_id=self.run_id)
             undone.append(step_id)
+        self._forget_work_built_on(undone)
         self.resources.close()
         self.journal.end_run(self.run_id, "failed" if errors else "done")
         return undone, errors

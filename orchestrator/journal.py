@@ -305,6 +305,14 @@ class Journal:
                 (time.time(), resource.step_id, resource.kind, payload),
             )
 
+    def emptied_steps(self) -> set[str]:
+        """Steps whose every resource was removed since (an appliance released at cutover)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT step_id FROM resources GROUP BY step_id HAVING COUNT(removed_at) = COUNT(*)"
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def resources(self, step_id: str | None = None) -> list[Resource]:
         query = "SELECT * FROM resources WHERE removed_at IS NULL"
         args: tuple[Any, ...] = ()

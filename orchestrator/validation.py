@@ -396,6 +396,13 @@ _rule(
     "nothing to do; use appliance: dedicated to choose the split yourself",
 )
 _rule(
+    "appliance.mode_unsupported",
+    C,
+    "the target provider cannot run this kind of appliance",
+    "set target.appliance to one of the modes the message lists",
+    needs=INV,
+)
+_rule(
     "appliance.server_disk_limit",
     C,
     "one server has more disks than an appliance can attach",
@@ -1536,6 +1543,21 @@ def check_auto_cutover_shutdown(context: Context) -> Iterator[Finding]:
                 path=(*base, "shutdown_source"),
                 server=server.name,
             )
+
+
+@check
+def check_appliance_mode(context: Context) -> Iterator[Finding]:
+    for path, server in context.servers():
+        inventory = context.inventory(server.target.provider)
+        if inventory is None or server.target.appliance in inventory.limits.appliance_modes:
+            continue
+        yield context.finding(
+            "appliance.mode_unsupported",
+            f"{server.name}: provider {server.target.provider} ({inventory.type}) supports appliance: "
+            f"{' or '.join(inventory.limits.appliance_modes)}, not {server.target.appliance}",
+            path=(*path, "target", "appliance"),
+            server=server.name,
+        )
 
 
 @check

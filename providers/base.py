@@ -8,7 +8,7 @@ resource and must be rebuilt from there after a crash.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -52,6 +52,7 @@ class Limits:
     disk_formats: tuple[str, ...] = ("raw",)
     native_format: str = "raw"
     max_memory: int | None = None  # bytes one VM can be given on the target host; None when unknown
+    appliance_modes: tuple[str, ...] = ("shared", "dedicated", "host")  # what target.appliance may say
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,8 @@ class VmRequest:
     generation: int | None = None
     datastore: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # One per disk (None: the platform's default, virtio on KVM); sata/ide for guests without virtio.
+    disk_controllers: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,9 +306,13 @@ class Source(Protocol):
         ``transport=None``); None: only through ``open_disk``, in this process."""
         ...
 
-    def quiesce(self) -> None: ...
+    def quiesce(self) -> dict[str, Any] | None:
+        """Pause writes; returns what was paused (JSON) so a thaw after a restart knows it, or None."""
+        ...
 
-    def thaw(self) -> None: ...
+    def thaw(self, state: Mapping[str, Any] | None = None) -> None:
+        """Undo quiesce, from the journaled ``state`` when given; safe to call when nothing is paused."""
+        ...
 
     def shutdown(self, timeout: float, force: bool) -> None: ...
 

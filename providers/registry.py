@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.playbook.models import ImageSource as ImageSourceConfig
 from orchestrator.playbook.models import Server
+from orchestrator.playbook.models import SshSource as SshSourceConfig
 from providers.base import Provider, ProviderError, Source
 
 ENTRY_POINT_GROUP = "hvmigrate.providers"
@@ -45,8 +46,6 @@ EXTRAS: dict[str, tuple[Extra, ...]] = {
 
 # Where the sources that are not images come from; until then, saying so beats an AttributeError.
 SOURCE_ISSUES: dict[str, str] = {
-    "ssh": "source type ssh (a running Linux server read over SSH) is added by the KVM provider issue; "
-    "for now give the server as an image (source: {type: image, path: ...})",
     "winrm": "source type winrm (a running Windows server) is added by the Hyper-V provider issue; "
     "for now give the server as an image (source: {type: image, path: ...})",
 }
@@ -121,6 +120,12 @@ def open_source(server: Server, providers: Mapping[str, Provider], *, base_dir: 
             extra = [p if Path(p).expanduser().is_absolute() else base_dir / p for p in config.extra_disks]
             resolved = resolved.model_copy(update={"extra_disks": extra})
         return ImageSource(server.name, resolved)
+    if isinstance(config, SshSourceConfig):
+        from providers.linux import SshSource
+
+        # a key or known_hosts file beside the playbook is found from wherever migrate runs
+        resolved = _resolve_paths(config, base_dir, ("key", "known_hosts"))
+        return SshSource(server.name, resolved, [disk.source for disk in server.target.disks])
     if config.type in SOURCE_ISSUES:
         raise SourceUnavailable(f"server {server.name}: {SOURCE_ISSUES[config.type]}")
     if config.type == "vm":

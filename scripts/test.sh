@@ -4,7 +4,9 @@
 # fixtures, never by hand. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils)
+# libvirt-dev and pkg-config build libvirt-python; ovmf lets the UEFI tests run; lvm2 the LVM snapshot ones.
+packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils
+  libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config ovmf dnsmasq-base lvm2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -18,6 +20,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
   fi
 fi
-scripts/bootstrap.sh test
+scripts/bootstrap.sh test,kvm
 .venv/bin/ruff check orchestrator providers tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -32,6 +32,7 @@ SHIPPED_MODULES: tuple[tuple[str, str | None, bool], ...] = (
     ("orchestrator.mirror.hashing", "orchestrator/mirror/hashing.py", False),
     ("orchestrator.mirror.file_reader", "orchestrator/mirror/file_reader.py", False),
     ("orchestrator.mirror.blockmap", "orchestrator/mirror/blockmap.py", False),
+    ("orchestrator.mirror.nbd", "orchestrator/mirror/nbd.py", False),
     ("orchestrator.mirror.writer", "orchestrator/mirror/writer.py", False),
     ("orchestrator.mirror.protocol", "orchestrator/mirror/protocol.py", False),
     ("orchestrator.agent", "orchestrator/agent.py", False),

@@ -153,8 +153,9 @@ class AgentSession:
 
     # ------------------------------------------------------------ requests
 
-    def discover(self) -> dict[str, Any]:
-        self.request("discover")
+    def discover(self, paths: list[str] | None = None) -> dict[str, Any]:
+        """The host's facts; ``paths`` (disks by path, files standing for disks) are described too."""
+        self.request("discover", **({"paths": paths} if paths else {}))
         return self.receive(wire.RESULT).json()
 
     # ------------------------------------------------------------ ending
@@ -179,10 +180,10 @@ class AgentSession:
         self.close()
 
 
-def discover(transport: Any) -> dict[str, Any]:
+def discover(transport: Any, paths: list[str] | None = None) -> dict[str, Any]:
     """Run the agent's discovery on the far end of ``transport``."""
     with AgentSession.start(transport) as session:
-        return session.discover()
+        return session.discover(paths)
 
 
 def source_facts(discovery: dict[str, Any]) -> SourceFacts:

@@ -35,6 +35,7 @@ class DiskCopy:
     compression: str = "zstd"
     compression_level: int = 3
     map_path: str | None = None  # where the block map lives when not beside the target (NBD, devices)
+    streams: int = 2  # chunks a reader agent hashes and compresses at once
 
     @property
     def in_process(self) -> bool:
@@ -88,6 +89,7 @@ def copy_disk(
         cancelled=cancelled,
         checkpoint=checkpoint,
         map_path=copy.map_path,
+        compress_workers=copy.streams,
     )
 
 

@@ -7,6 +7,12 @@ what is durable. Everything about crash safety lives here: the order "mark the e
 fdatasync it, verify it, then record it" is what lets a killed copy resume without trusting a record whose
 data may be missing (see blockmap.py).
 
+The target is a raw file or a block device (by file descriptor), or an NBD export (nbd.py: how a qcow2
+or any volume qemu-nbd can open is written). Both sit behind the same few operations (``FileTarget``,
+``NbdTarget``): write, read back, make a range read as zeros, and make writes durable (fdatasync, or
+NBD FLUSH), so the order above holds for both. An NBD export has no directory beside it, so its block map
+lives where the caller says (``map_path``, e.g. ``<volume>.hvmap`` on the host).
+
 Written chunks are settled in batches (every ``flush_bytes`` or ``flush_seconds``): a helper thread
 fdatasyncs and re-reads one batch while the next is being written, so the disk never waits for Python and
 Python rarely waits for the disk; the batch is recorded in the map only once its thread reports back.
@@ -46,6 +52,7 @@ from .blockmap import (
 from .errors import MirrorError
 from .file_reader import data_ranges, device_size, is_hole
 from .hashing import XXH3_128, chunk_hasher, zero_block
+from .nbd import STATE_ZERO, NbdClient, is_nbd_uri
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +142,197 @@ def _stored_algorithm(map_path: Path) -> str | None:
     return XXH3_128
 
 
+class FileTarget:
+    """A raw file or a block device, by file descriptor: creating a missing file sparse, refusing one too
+    small, and an exclusive flock so that a second writer is refused rather than interleaved."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.name = str(path)
+        self.fresh = False  # created here, so it reads as zeros throughout
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                self.fresh = True
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise MirrorError(f"cannot create the target disk {path}: {exc.strerror}") from None
+        except OSError as exc:
+            raise MirrorError(f"cannot open the target disk {path}: {exc.strerror}") from None
+        self.fd = fd
+        try:
+            self.identity = self._claim(path, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _claim(self, path: Path, size: int) -> int:
+        """Lock, check and (when new) size the target; returns the identity the block map keeps (inode)."""
+        fd = self.fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MirrorError(
+                f"another mirror is writing {path}: wait for it to finish", retryable=True
+            ) from None
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            current, identity = info.st_size, info.st_ino
+        elif stat.S_ISBLK(info.st_mode):
+            current, identity = device_size(fd), 0  # device inodes change at each boot: not an identity
+        else:
+            raise MirrorError(f"target {path} is neither a file nor a block device")
+        if self.fresh:
+            try:
+                os.ftruncate(fd, size)  # sparse: the target costs nothing until data arrives
+            except OSError as exc:
+                raise MirrorError(f"cannot size the target disk {path}: {exc.strerror}") from None
+        elif current < size:
+            raise MirrorError(
+                f"target disk is smaller than the source ({current} < {size}): grow "
+                f"{path} to at least {size} bytes and run again"
+            )
+        return identity
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        pwrite_all(self.fd, data, offset)
+        start_writeback(self.fd, offset, len(data))
+
+    def punch(self, offset: int, length: int) -> bool:
+        return punch_hole(self.fd, offset, length)
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        """Fill ``view``; fewer bytes only where the target ends."""
+        done = 0
+        while done < len(view):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got == 0:
+                break
+            done += got
+        return done
+
+    def is_hole(self, offset: int, length: int) -> bool:
+        return is_hole(self.fd, offset, length)
+
+    def data_ranges(self, size: int) -> Iterator[tuple[int, int]] | None:
+        return data_ranges(self.fd, size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the flock
+            self.fd = -1
+
+
+class NbdTarget:
+    """An NBD export (qemu-nbd serving a qcow2 volume, say), written through nbd.NbdClient.
+
+    Where the server reports block status (qemu-nbd does), holes are known as for a sparse file: a new
+    map starts with the chunks that read as zeros already *zero* (a fresh qcow2 is all zero: no chunk of
+    it is written or read back for nothing), and a zero chunk is verified without reading it. Without
+    block status they are unknown, and read. The export existed before the writer, so it is never
+    ``fresh``, and it has no inode to notice a replaced volume by (``identity`` 0, as for a block
+    device). The exclusive lock that keeps a second writer out is an flock on ``<map>.lock``, since the
+    export itself cannot be locked.
+    """
+
+    fresh = False
+    identity = 0
+
+    def __init__(self, uri: str, map_path: Path, size: int) -> None:
+        self._lock_fd = -1
+        self.client: NbdClient | None = None
+        lock_path = Path(str(map_path) + ".lock")
+        try:
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise MirrorError(
+                f"another mirror is writing {uri} (it holds {lock_path}): wait for it to finish",
+                retryable=True,
+            ) from None
+        except OSError as exc:
+            self.close()
+            raise MirrorError(
+                f"cannot create {lock_path} beside the block map of {uri}: {exc.strerror}; "
+                "choose a map_path in a writable directory"
+            ) from None
+        try:
+            self.client = NbdClient.connect(uri, writable=True)
+        except BaseException:
+            self.close()
+            raise
+        self.name = self.client.address.uri
+        if self.client.size < size:
+            current = self.client.size
+            self.close()
+            raise MirrorError(
+                f"target disk is smaller than the source ({current} < {size}): grow the volume exported "
+                f"as {self.name} to at least {size} bytes (qemu-img resize) and run again"
+            )
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        assert self.client is not None
+        self.client.pwrite(data, offset)
+
+    def punch(self, offset: int, length: int) -> bool:
+        """NBD_CMD_WRITE_ZEROES without NO_HOLE: reads as zeros, and the server may leave a hole."""
+        assert self.client is not None
+        if not self.client.can_write_zeroes:
+            return False
+        self.client.write_zeroes(offset, length, may_punch=True)
+        return True
+
+    def sync(self) -> None:
+        assert self.client is not None
+        self.client.flush()
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        assert self.client is not None
+        self.client.pread_into(view, offset)
+        return len(view)
+
+    def is_hole(self, offset: int, length: int) -> bool:
+        """Reads as zeros, says the server; False when it cannot say (the caller then reads)."""
+        assert self.client is not None
+        return self.client.can_block_status and self.client.reads_zero(offset, length)
+
+    def data_ranges(self, size: int) -> Iterator[tuple[int, int]] | None:
+        """Ranges that may hold data (not known to read as zeros); None without block status."""
+        assert self.client is not None
+        if not self.client.can_block_status:
+            return None
+        return self._data_ranges(self.client, size)
+
+    @staticmethod
+    def _data_ranges(client: NbdClient, size: int) -> Iterator[tuple[int, int]]:
+        start = end = -1  # the run of data being merged (adjacent extents come separately)
+        for offset, length, state in client.extents(0, size):
+            if state & STATE_ZERO:
+                continue
+            if offset == end:
+                end += length
+                continue
+            if start >= 0:
+                yield start, end - start
+            start, end = offset, offset + length
+        if start >= 0:
+            yield start, end - start
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()  # DISC: the server frees the client slot
+            self.client = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
 @dataclass
 class _Batch:
     """Chunks written since the last batch, on their way to being durable and recorded."""
@@ -156,7 +354,7 @@ class TargetWriter:
 
     def __init__(
         self,
-        target_path: Path,
+        target_path: Path | str,
         *,
         size: int,
         chunk_size: int,
@@ -170,7 +368,7 @@ class TargetWriter:
         clock: Callable[[], float] = time.monotonic,
         hash_algorithm: str = XXH3_128,
     ) -> None:
-        self.path = Path(target_path)
+        self.path = Path(target_path)  # for an NBD export, only a label: ``name`` is what messages show
         self._hasher = chunk_hasher(hash_algorithm)
         self.hash_algorithm = hash_algorithm
         self._received_through = 0
@@ -192,9 +390,11 @@ class TargetWriter:
         self._settling: _Batch | None = None
         self._last_hot: int | None = None
         self._closing = False  # finishing or aborting: cool every extent
-        self._fd, fresh, target_ino = self._open_target()
+        self._target = self._open_target(target_path, map_path)
+        self.name = self._target.name
+        fresh, target_ino = self._target.fresh, self._target.identity
         try:
-            path_of_map = map_path or map_path_for(self.path)
+            path_of_map = Path(map_path) if map_path else map_path_for(self.path)
             previous = None if fresh else _stored_algorithm(path_of_map)
             if previous is not None and previous != hash_algorithm:
                 log.warning(
@@ -213,6 +413,8 @@ class TargetWriter:
                 fresh_target=fresh,
                 seed_zero=lambda: range(-(-size // chunk_size)) if fresh else self._hole_chunks(),
             )
+            if isinstance(self._target, NbdTarget) and self._map.reset_reason is None:
+                self._distrust_data_in_holes()
             resuming = False
             if mode != "verify":
                 resuming = self._map.begin_pass(
@@ -222,66 +424,69 @@ class TargetWriter:
             if previous is not None and previous != hash_algorithm:
                 self._map.reset_reason = f"digest algorithm changed from {previous} to {hash_algorithm}"
         except BaseException:
-            os.close(self._fd)
+            self._target.close()
             raise
 
     # ------------------------------------------------------------ opening
 
-    def _open_target(self) -> tuple[int, bool, int]:
-        fresh = False
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                fresh = True
-            except FileExistsError:
-                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-            except OSError as exc:
-                raise MirrorError(f"cannot create the target disk {self.path}: {exc.strerror}") from None
-        except OSError as exc:
-            raise MirrorError(f"cannot open the target disk {self.path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+    def _open_target(self, target_path: Path | str, map_path: Path | None) -> FileTarget | NbdTarget:
+        if not is_nbd_uri(target_path):
+            return FileTarget(self.path, self.size)
+        if map_path is None:
             raise MirrorError(
-                f"another mirror is writing {self.path}: wait for it to finish", retryable=True
-            ) from None
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode):
-            current, target_ino = info.st_size, info.st_ino
-        elif stat.S_ISBLK(info.st_mode):
-            current, target_ino = device_size(fd), 0  # device inodes change at each boot: not an identity
-        else:
-            os.close(fd)
-            raise MirrorError(f"target {self.path} is neither a file nor a block device")
-        if fresh:
-            try:
-                os.ftruncate(fd, self.size)  # sparse: the target costs nothing until data arrives
-            except OSError as exc:
-                os.close(fd)
-                raise MirrorError(f"cannot size the target disk {self.path}: {exc.strerror}") from None
-        elif current < self.size:
-            os.close(fd)
-            raise MirrorError(
-                f"target disk is smaller than the source ({current} < {self.size}): grow "
-                f"{self.path} to at least {self.size} bytes and run again"
+                f"the target {os.fspath(target_path)} is an NBD export, which has no directory to keep its "
+                "block map in: give the mirror a map_path (a file beside the volume on its host, such as "
+                "VOLUME.hvmap) and run again"
             )
-        return fd, fresh, target_ino
+        return NbdTarget(os.fspath(target_path), Path(map_path), self.size)
 
     def _hole_chunks(self) -> Iterator[int]:
         """Chunks lying wholly in a hole of the existing target: known zero without a write."""
-        ranges = data_ranges(self._fd, self.size)
+        ranges = self._target.data_ranges(self.size)
         if ranges is None:
             return
         count = -(-self.size // self.chunk_size)
         cursor = 0
-        for offset, length in ranges:
-            first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
-            yield from range(cursor, min(first, count))
-            cursor = max(cursor, last + 1)
+        try:
+            for offset, length in ranges:
+                first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
+                yield from range(cursor, min(first, count))
+                cursor = max(cursor, last + 1)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot tell where the target disk {self.name} has holes: {exc.strerror}; "
+                "check the target and run again",
+                retryable=True,
+            ) from None
         yield from range(cursor, count)
+
+    def _distrust_data_in_holes(self) -> None:
+        """Correct records of data where the target reads as zeros (no data chunk is all zeros).
+
+        An export has no inode to tell a replaced volume by: a qcow2 deleted and created again under the
+        same name keeps its old map, whose records would make the next incremental pass skip every
+        chunk. The holes the server reports catch exactly that case, for the price of a block status walk.
+        """
+        wrong = 0
+        for index in self._hole_chunks():
+            if self._map.state(index) == DATA:
+                self._map.set(index, ZERO, 0, b"")
+                wrong += 1
+        if wrong:
+            log.warning(
+                "block map %s records data in %d chunks that read as zeros on %s (was the volume "
+                "replaced?): they are copied again",
+                self._map.path,
+                wrong,
+                self.name,
+            )
+            try:
+                self._map.flush()
+            except OSError as exc:
+                raise MirrorError(
+                    f"cannot update the block map {self._map.path}: {exc.strerror}; "
+                    "free space beside the target disk and run again"
+                ) from None
 
     # ------------------------------------------------------------ messages
 
@@ -294,8 +499,7 @@ class TargetWriter:
             )
         self._mark_hot(index)
         try:
-            pwrite_all(self._fd, data, offset)
-            start_writeback(self._fd, offset, len(data))
+            self._target.pwrite(data, offset)
         except OSError as exc:
             self._map.set(index, ABSENT, 0, b"")
             raise self._write_error(exc, offset) from None
@@ -309,9 +513,9 @@ class TargetWriter:
         index = self._index(offset, length)
         self._mark_hot(index)
         try:
-            if not (self._can_punch and punch_hole(self._fd, offset, length)):
+            if not (self._can_punch and self._target.punch(offset, length)):
                 self._can_punch = False
-                pwrite_all(self._fd, zero_block(length), offset)
+                self._target.pwrite(zero_block(length), offset)
                 self._pending_bytes += length
         except OSError as exc:
             self._map.set(index, ABSENT, 0, b"")
@@ -335,7 +539,14 @@ class TargetWriter:
         """Verify mode: does the target chunk hash to ``digest``? A mismatch corrects the map to the truth,
         so the next pass re-sends the chunk even if the map believed it was there."""
         index = self._index(offset, length)
-        state, actual = self._read_back(offset, length)
+        try:
+            state, actual = self._read_back(offset, length)
+        except OSError as exc:
+            raise MirrorError(
+                f"cannot read the target disk {self.name} at offset {offset}: {exc.strerror}; "
+                "check the target storage and run again",
+                retryable=True,
+            ) from None
         if state != self._map.state(index) or (state == DATA and actual != self._map.digest(index)):
             self._map.set(index, state, 0, actual)
         if self._map.dirty_count >= _FLUSH_RECORDS:
@@ -386,9 +597,7 @@ class TargetWriter:
         if self._settling is not None and self._settling.thread is not None:
             self._settling.thread.join()  # never close the fd under a running fdatasync
         self._map.close()
-        if self._fd >= 0:
-            os.close(self._fd)  # releases the flock
-            self._fd = -1
+        self._target.close()  # releases the lock
 
     @property
     def block_map(self) -> BlockMap:
@@ -454,7 +663,7 @@ class TargetWriter:
         if not batch.entries:
             return
         try:
-            os.fdatasync(self._fd)
+            self._target.sync()
         except OSError as exc:
             batch.sync_error = exc
             return
@@ -503,22 +712,22 @@ class TargetWriter:
         if failed:
             offset = min(failed) * self.chunk_size
             raise MirrorError(
-                f"verification failed at offset {offset}: the target disk {self.path} returned other "
+                f"verification failed at offset {offset}: the target disk {self.name} returned other "
                 "data than was written; check the target storage, then run again"
             )
 
     def _read_back(self, offset: int, length: int) -> tuple[int, bytes]:
         """(state, digest) of what the target holds at [offset, offset+length)."""
-        if is_hole(self._fd, offset, length):
+        if self._target.is_hole(offset, length):
             return ZERO, self._hasher.zero(length)
         if self._check_buffer is None:
             self._check_buffer = bytearray(self.chunk_size)
         view = memoryview(self._check_buffer)[:length]
         done = 0
         while done < length:
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            got = self._target.read_into(view[done:], offset + done)
             if got == 0:
-                raise MirrorError(f"the target disk {self.path} ended at offset {offset + done}: run again")
+                raise MirrorError(f"the target disk {self.name} ended at offset {offset + done}: run again")
             done += got
         if length == self.chunk_size:
             zero = self._check_buffer == zero_block(length)
@@ -534,8 +743,8 @@ class TargetWriter:
 
     def _write_error(self, exc: OSError, offset: int) -> MirrorError:
         if exc.errno in _FULL_ERRNOS:
-            return MirrorError(f"target full at offset {offset}: free space and run again ({self.path})")
+            return MirrorError(f"target full at offset {offset}: free space and run again ({self.name})")
         return MirrorError(
-            f"cannot write the target disk {self.path} at offset {offset}: {exc.strerror}; "
+            f"cannot write the target disk {self.name} at offset {offset}: {exc.strerror}; "
             "check the target storage and run again"
         )

@@ -91,7 +91,13 @@ class MirrorOptions(Model):
     compression_level: int = Field(3, ge=1, le=19)
     verify: bool = Field(True, description="compare per-chunk hashes after writing, then a whole-disk digest")
     chunk_size: Size = Field(4 * 1024**2, description="unit of hashing, transfer and resume")
-    streams: int = Field(2, ge=1, le=64, description="parallel streams per disk")
+    streams: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="chunks of one disk read, hashed and compressed at once by the source's agent "
+        "(disks themselves copy side by side, up to 4 per server)",
+    )
     bandwidth: Bandwidth = Field(default_factory=Bandwidth)
 
     @field_validator("chunk_size")
@@ -186,14 +192,40 @@ class SimProviderConfig(Model):
 
 
 class KvmProviderConfig(Model):
+    """A libvirt host with QEMU, reached through any libvirt URI.
+
+    For ``qemu+ssh://`` URIs the SSH settings below serve both libvirt's own connection (``keyfile`` and,
+    for libssh transports, ``known_hosts`` are added to the URI unless it names them) and the writer that
+    ``appliance: host`` runs on the host over SSH.
+    """
+
     type: Literal["kvm"]
-    uri: str = Field("qemu:///system", description="any libvirt URI: qemu:///system, qemu+ssh://host/system")
-    storage_pool: str = "default"
-    domain_type: Literal["kvm", "qemu"] | None = Field(
-        None, description="force qemu (TCG) where kvm is absent"
+    uri: str = Field(
+        "qemu:///system",
+        description="any libvirt URI: qemu:///system, qemu+ssh://root@host/system, qemu+tls://host/system",
     )
-    ssh_key: Path | None = None
-    known_hosts: Path | None = None
+    storage_pool: str = Field("default", description="storage pool for replica volumes (the datastore)")
+    domain_type: Literal["auto", "kvm", "qemu"] = Field(
+        "auto",
+        description="auto: kvm where the host offers it, else qemu (TCG); force qemu on nested hosts "
+        "where a kvm guest spins without booting",
+    )
+    shutdown_timeout: Duration = Field(
+        120, description="how long a clean power-off may take before it fails (force stops at once)"
+    )
+    ssh_key: Path | None = Field(None, description="qemu+ssh:// only: private key of the SSH login")
+    known_hosts: Path | None = Field(
+        None, description="qemu+ssh:// only: known_hosts holding the host's key; default ~/.ssh/known_hosts"
+    )
+    host_key: str | None = Field(
+        None, description="qemu+ssh:// only: the host's pinned SSH key fingerprint, SHA256:..."
+    )
+    insecure: bool = Field(
+        False, description="qemu+ssh:// only: accept any SSH host key for the writer (explicit opt-in only)"
+    )
+    sudo: bool = Field(
+        False, description="qemu+ssh:// only: run the writer and qemu-nbd under sudo -n when not root"
+    )
 
 
 class EsxProviderConfig(Model):
@@ -301,9 +333,36 @@ class SshSource(Model):
     known_hosts: Path | None = None
     host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
     insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
-    sudo: bool = Field(False, description="use sudo for privileged reads when user is not root")
-    quiesce: Literal["none", "fsfreeze", "lvm_snapshot", "services"] = "none"
-    services: list[str] = Field(default_factory=list, description="stopped at cutover, in order")
+    sudo: bool = Field(
+        False,
+        description="when user is not root: run the agent and every privileged command (fsfreeze, lvcreate, "
+        "systemctl, the quiesce commands, poweroff) under `sudo -n` (NOPASSWD sudo must allow them)",
+    )
+    quiesce: Literal["none", "fsfreeze", "lvm_snapshot", "services"] = Field(
+        "none",
+        description="how writes pause for the final pass: fsfreeze (every filesystem on the source disks "
+        "except those holding /, /etc, /usr, /var, /tmp and the login's home, which stay live so the "
+        "session cannot hang), lvm_snapshot (source disks that are LVs are read from a snapshot), services "
+        "(stop `services` in order); thawed again afterwards even when quiescing failed halfway",
+    )
+    services: list[str] = Field(
+        default_factory=list, description="stopped at cutover, in order; started again in reverse order"
+    )
+    snapshot_size: Size | None = Field(
+        None,
+        description="copy-on-write space of each LVM snapshot (quiesce: lvm_snapshot); default: 10% of the "
+        "LV, at least 256MiB; it must hold what the source writes during the final pass",
+    )
+    quiesce_command: str | None = Field(
+        None,
+        description="shell command run on the source before `quiesce` (flush a database, say); it must exit "
+        "0; runs as `user` (with `sudo -n` when sudo is set)",
+    )
+    thaw_command: str | None = Field(
+        None,
+        description="shell command run on the source after the thaw, also after a failed quiesce_command, "
+        "so it must be safe to run when nothing is quiesced",
+    )
 
 
 class WinrmSource(Model):

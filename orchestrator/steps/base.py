@@ -98,9 +98,7 @@ class StepContext(Protocol):
 
     def load_checkpoint(self, key: str) -> dict[str, Any] | None: ...
 
-    def progress(
-        self, done: int, total: int, *, unit: str = "B", label: str = "", part: str = ""
-    ) -> None:
+    def progress(self, done: int, total: int, *, unit: str = "B", label: str = "", part: str = "") -> None:
         """Progress of the whole step, or (``part`` given) of one part of it, such as one disk."""
         ...
 

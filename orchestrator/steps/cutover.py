@@ -11,6 +11,7 @@ from typing import Any
 
 from orchestrator.playbook.units import format_duration
 from orchestrator.steps.base import Step, StepContext, StepFailed
+from orchestrator.steps.common import optional_output
 
 
 class CutoverGate(Step):
@@ -48,12 +49,18 @@ class QuiesceSource(Step):
     description = "pause writes on the source (fsfreeze, stop listed services) for a consistent final pass"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        ctx.source().quiesce()
+        state = ctx.source().quiesce()
         ctx.event("source quiesced")
-        return {"quiesced_at": time.time()}
+        return {"quiesced_at": time.time(), "source_state": state}
 
     def undo(self, ctx: StepContext) -> None:
-        ctx.source().thaw()
+        ctx.source().thaw(quiesce_state(ctx))
+
+
+def quiesce_state(ctx: StepContext) -> dict[str, Any] | None:
+    """What quiesce_source paused, as journaled (None before it ran, or for sources with no state)."""
+    output = optional_output(ctx, "quiesce_source")
+    return output.get("source_state") if output else None
 
 
 class ShutdownSource(Step):

@@ -24,6 +24,7 @@ from orchestrator.planner import source_host
 from orchestrator.playbook.units import format_size
 from orchestrator.steps.base import Cancelled, Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, replica_disks
+from orchestrator.steps.cutover import quiesce_state
 from orchestrator.steps.guest import boot_disk_index, reapply_staged_state, staged_edit_count
 from orchestrator.transport import TransportError
 from providers.base import AgentLocation, DiskEndpoint
@@ -188,6 +189,7 @@ class _MirrorPass(Step):
             compression=options.compression,
             compression_level=options.compression_level,
             map_path=endpoint.transport.get("map_path"),
+            streams=options.streams,
         )
         if reading is None and not copy.in_process:
             raise StepFailed(
@@ -263,8 +265,30 @@ class FinalSync(_MirrorPass):
     description = "last incremental pass with the source quiesced; then thaw unless it shuts down"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        """The source is thawed whatever happens, except after a good pass that the shutdown follows.
+
+        A failed or interrupted pass thaws the source (users get their service back while someone
+        looks) and notes it, so the re-run quiesces again before copying: the final pass is never
+        taken from a live source by accident.
+        """
+        source = ctx.source()
+        thawed_key = f"{ctx.server.name}/thawed_before_final_sync"
+        state = quiesce_state(ctx)
+        if ctx.load_checkpoint(thawed_key):
+            state = source.quiesce()
+            ctx.checkpoint(thawed_key, None)
+            ctx.event("source quiesced again for the final pass")
+        elif state is not None and hasattr(source, "restore_quiesce_state"):
+            source.restore_quiesce_state(state)  # after a restart: reads go to its snapshots again
         try:
-            return super().run(ctx)
-        finally:
-            if not ctx.playbook.cutover_for(ctx.server).shutdown_source:
-                ctx.source().thaw()
+            output = super().run(ctx)
+        except BaseException as failure:
+            ctx.checkpoint(thawed_key, {"at": time.time()})
+            try:
+                source.thaw(state)
+            except Exception as thaw_failure:  # never hide the pass's own error behind the thaw's
+                ctx.event(f"the source could not be thawed: {thaw_failure}", level="error")
+            raise failure from None
+        if not ctx.playbook.cutover_for(ctx.server).shutdown_source:
+            source.thaw(state)
+        return output

@@ -38,6 +38,7 @@ class CreateReplica(Step):
             generation=target.generation or (2 if firmware == "uefi" else 1),
             datastore=target.datastore,
             tags={"hvmigrate.server": server.name, "hvmigrate.playbook": ctx.playbook.name},
+            disk_controllers=tuple(disk.controller for disk in target.disks),
         )
         provider = ctx.provider(target.provider)
         ctx.record_resource("vm", target.provider, {"name": request.name})

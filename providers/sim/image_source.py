@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from orchestrator.guest.disk_layout import DiskLayout, filesystems_of, read_layout
 from orchestrator.guest.extfs import GuestFsError
@@ -83,7 +85,7 @@ class ImageSource:
     def quiesce(self) -> None:
         """An image is not running: nothing to freeze."""
 
-    def thaw(self) -> None:
+    def thaw(self, state: Mapping[str, Any] | None = None) -> None:
         """Nothing was frozen."""
 
     def shutdown(self, timeout: float, force: bool) -> None:

@@ -105,6 +105,12 @@ def test_execute_sync_cutover_status_report_undo(migration: Migration) -> None:
     assert source_hashes(m) == original  # the source was only ever read
     assert "nothing to undo" in m.run("undo", PB, "--yes").stdout
 
+    # After an undo the migration starts over for real: the replicas are mirrored again, not assumed.
+    m.run("execute", PB)
+    assert sha256(m.disk("db01-disk1")) == sha256(m.images / "db01-data.raw")
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["state"] for s in status["servers"]} == {"ready for cutover"}
+
 
 def test_cutover_of_some_servers_respects_depends_on_and_keeps_the_shared_appliance(
     migration: Migration,

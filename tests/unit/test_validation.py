@@ -534,6 +534,11 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     facts["db02"] = dataclasses.replace(facts["db01"], hostname="db02", nics=())
 
 
+@case("appliance.mode_unsupported", ("servers", 0, "target"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    limits(inv, "lab-kvm", appliance_modes=("host",))  # server 0 leaves appliance at its default, shared
+
+
 @case("appliance.server_disk_limit", ("servers", 0, "target", "disks"))
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     limits(inv, "lab-kvm", max_disks_per_appliance=1)

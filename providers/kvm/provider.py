@@ -1,0 +1,582 @@
+"""The KVM target: libvirt domains and storage volumes, on any host a libvirt URI reaches.
+
+It keeps the Provider contract as the simulator does (see providers/sim/provider.py): finds are idempotent
+by name, creates refuse what already exists, deletes refuse what is still in use, and a VM's disks outlive
+the VM. On top of that it never touches what it did not create: domains carry ``<hvmigrate:owner>`` in
+their metadata and volumes an ownership marker beside them; anything else of the same name is refused,
+never adopted, overwritten or removed.
+
+``appliance: host`` is what works today: the data plane writes raw volumes as files and qcow2 volumes
+through a qemu-nbd export, on the libvirt host itself (in-process for a local URI, over SSH for
+qemu+ssh://). Appliance VMs (``shared``, ``dedicated``) are refused with that advice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+
+from orchestrator.playbook.models import KvmProviderConfig
+from providers.base import (
+    AgentLocation,
+    ApplianceRef,
+    BootReport,
+    DiskEndpoint,
+    DiskRef,
+    DiskRequest,
+    Inventory,
+    Limits,
+    NotFound,
+    ProviderError,
+    VmRef,
+    VmRequest,
+)
+
+from . import boot
+from .connection import Connection, LibvirtUri, effective_uri, failure
+from .domain_xml import (
+    DISK_BUSES,
+    NIC_MODELS,
+    DiskSpec,
+    DomainFacts,
+    DomainSpec,
+    NicSpec,
+    domain_xml,
+    read_domain,
+)
+from .host import LibvirtHost
+from .inventory import (
+    Abilities,
+    HostFacts,
+    abilities,
+    domain_names,
+    host_facts,
+    network_exists,
+    networks,
+    vlan_capable,
+)
+from .volumes import FORMATS, Pools, Volume, check_name, volume_name
+
+MIN_MEMORY = 32 * 1024**2
+MAX_NICS = 16
+SHUTDOWN_POLL = 0.5
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+_UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
+)
+_APPLIANCE_VMS = (
+    "recovery appliance VMs on KVM (appliance: shared or dedicated) are not built yet; set the server's "
+    "target.appliance: host, which writes the replica volumes on the libvirt host itself"
+)
+
+
+class KvmProvider:
+    """libvirt-python behind the Provider protocol; see the module docstring."""
+
+    type = "kvm"
+
+    def __init__(self, name: str, config: KvmProviderConfig) -> None:
+        self.name = name
+        self.config = config
+        self.uri = LibvirtUri.parse(config.uri)
+        self.connection = Connection(self.uri, effective_uri(config))
+        self.pools = Pools(self.connection, config.storage_pool)
+        self._lock = threading.RLock()
+        self._abilities: Abilities | None = None
+        self._hostname: str | None = None
+        self._host: LibvirtHost | None = None
+
+    def __repr__(self) -> str:
+        return f"KvmProvider({self.name!r}, uri={self.uri.display!r})"
+
+    @property
+    def where(self) -> str:
+        return self.uri.display
+
+    def _conn(self) -> libvirt.virConnect:
+        return self.connection.get()
+
+    def abilities(self) -> Abilities:
+        """Domain type and firmware of the host, asked once per provider."""
+        if self._abilities is None:
+            self._abilities = abilities(self._conn(), self.config.domain_type, self.where)
+        return self._abilities
+
+    def _host_name(self) -> str:
+        if self._hostname is None:
+            try:
+                self._hostname = self._conn().getHostname()
+            except libvirt.libvirtError as exc:
+                raise failure(exc, f"asking {self.where} for its host name") from None
+        return self._hostname
+
+    def host(self) -> LibvirtHost:
+        if self._host is None:
+            self._host = LibvirtHost(self.uri, self.config, self._host_name())
+        return self._host
+
+    # ------------------------------------------------------------ inventory
+
+    def inventory(self) -> Inventory:
+        """Pools' free bytes count thin volumes at their full size, as the simulator does."""
+        conn = self._conn()
+        try:
+            facts = host_facts(conn)
+            found = self.abilities()
+            datastores = self.pools.datastores()
+            nets = networks(conn)
+            vms = domain_names(conn)
+        except libvirt.libvirtError as exc:
+            raise failure(exc, f"reading the inventory of {self.where}") from None
+        self._hostname = facts.hostname
+        return Inventory(
+            provider=self.name,
+            type=self.type,
+            hosts=(facts.hostname,),
+            datastores=datastores,
+            networks=nets,
+            vms=vms,
+            limits=Limits(
+                max_nics=MAX_NICS,
+                firmware=found.firmware,
+                disk_formats=FORMATS,
+                native_format="raw",
+                max_memory=facts.memory,
+                appliance_modes=("host",),  # appliance VMs on KVM: not in this build yet
+            ),
+            default_datastore=self.config.storage_pool if self.config.storage_pool in datastores else None,
+        )
+
+    def host_facts(self) -> HostFacts:
+        """Host name, CPUs and memory (Inventory has no field for the CPU count; reports ask here)."""
+        try:
+            return host_facts(self._conn())
+        except libvirt.libvirtError as exc:
+            raise failure(exc, f"reading the host facts of {self.where}") from None
+
+    def host_for(self, requested: str | None) -> str:
+        """One URI is one host; a target.host must name it (its host name or the URI's host)."""
+        hostname = self._host_name()
+        if requested not in (None, hostname, self.uri.host):
+            raise ProviderError(
+                f"kvm provider {self.name} reaches one host, {hostname} ({self.where}); remove target.host "
+                f"or set it to {hostname}, or add a provider with that host's URI"
+            )
+        return hostname
+
+    # ------------------------------------------------------------ appliances
+
+    def provision_appliance(self, host: str, name: str) -> ApplianceRef:
+        raise ProviderError(f"appliance {name}: {_APPLIANCE_VMS}")
+
+    def find_appliance(self, host: str, name: str) -> ApplianceRef | None:
+        """No appliance VM is ever created yet, so none is ever found."""
+        return None
+
+    def release_appliance(self, appliance: ApplianceRef) -> None:
+        raise NotFound(f"appliance {appliance.name} does not exist on {self.where}")
+
+    # ------------------------------------------------------------ disks
+
+    def create_disk(self, request: DiskRequest) -> DiskRef:
+        """Idempotent by name: the same request twice gives the same volume. Thin is sparse (allocation
+        0); thick and eager_zeroed allocate it all up front."""
+        if request.format not in FORMATS:
+            raise ProviderError(
+                f"disk {request.name}: KVM volumes are raw or qcow2, not {request.format}; "
+                "use format: raw or qcow2"
+            )
+        if request.size <= 0 or request.size % 512:
+            raise ProviderError(
+                f"disk {request.name}: size {request.size} is not a positive multiple of 512 bytes"
+            )
+        name = volume_name(request.name, request.format)
+        with self._lock:
+            existing = self.find_disk(request)
+            if existing is not None:
+                if existing.size != request.size:
+                    raise ProviderError(
+                        f"disk {request.name} already exists in pool {existing.datastore} with "
+                        f"{existing.size} bytes, not the {request.size} asked; delete it or rename it"
+                    )
+                return existing
+            volume = self.pools.create(
+                request.datastore, name, request.size, request.format, thick=request.provisioning != "thin"
+            )
+        return self._disk_ref(request.name, volume)
+
+    def find_disk(self, request: DiskRequest) -> DiskRef | None:
+        volume = self.pools.find(request.datastore, volume_name(request.name, request.format))
+        return None if volume is None else self._disk_ref(request.name, volume)
+
+    def delete_disk(self, disk: DiskRef) -> None:
+        """Refuses a disk still attached or still part of a VM; NotFound when it is already gone."""
+        pool, name = self._volume_of(disk)
+        with self._lock:
+            if self.pools.find(pool, name) is None:
+                if self.pools.foreign(pool, name):
+                    raise ProviderError(
+                        f"volume {name} in pool {pool} was not created by hvmigrate; not deleted"
+                    )
+                raise NotFound(f"disk {disk.name} does not exist in pool {pool} on {self.where}")
+            if self.pools.attached(pool, name):
+                raise ProviderError(
+                    f"disk {disk.name} is attached to host {self._host_name()}; detach it first"
+                )
+            vm = self._vm_using(pool, name)
+            if vm:
+                raise ProviderError(f"disk {disk.name} belongs to VM {vm}; delete the VM first")
+            self.pools.delete(pool, name)
+
+    def _disk_ref(self, name: str, volume: Volume) -> DiskRef:
+        return DiskRef(self.name, volume.path, name, volume.capacity, volume.format, volume.pool)
+
+    def _volume_of(self, disk: DiskRef) -> tuple[str, str]:
+        """(pool, volume name) of a DiskRef, from its datastore and name, never from a journaled path."""
+        self._own(disk.provider, f"disk {disk.name}")
+        return disk.datastore or self.config.storage_pool, volume_name(disk.name, disk.format)
+
+    # ------------------------------------------------------------ the data plane's access
+
+    def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
+        """Open a volume for writing on the host: raw as the file itself, qcow2 through qemu-nbd.
+
+        Idempotent: attaching again returns the same endpoint (a live export is reused). The block map of
+        an NBD export lives beside the volume (``<volume>.hvmap``): the socket says nothing durable.
+        """
+        if appliance is not None:
+            raise ProviderError(f"disk {disk.name}: {_APPLIANCE_VMS}")
+        pool, name = self._volume_of(disk)
+        with self._lock:
+            volume = self.pools.find(pool, name)
+            if volume is None:
+                raise NotFound(
+                    f"disk {disk.name} does not exist in pool {pool} on {self.where}; create it first"
+                )
+            vm = self._vm_using(pool, name)
+            if vm:
+                raise ProviderError(
+                    f"disk {disk.name} belongs to VM {vm}; the data plane cannot write a disk a VM uses: "
+                    "delete the VM (disks are kept) first"
+                )
+            self.pools.mark_attached(pool, name)
+            host = self.host()
+            if volume.format == "raw":
+                return DiskEndpoint("file", volume.path, volume.capacity, host=host.name)
+            export = host.nbd("start", volume.path, volume.format)
+            return DiskEndpoint(
+                "nbd",
+                export["uri"],
+                volume.capacity,
+                host=host.name,
+                transport={"map_path": volume.path + ".hvmap"},
+            )
+
+    def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
+        """None for a local URI (written in-process); the host's SSH login for qemu+ssh://."""
+        return self.host().writer_location(endpoint.path)
+
+    def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:
+        """Idempotent: stops the disk's qemu-nbd export (which flushes it) and clears the attachment."""
+        if appliance is not None:
+            raise NotFound(f"appliance {appliance.name} does not exist on {self.where}")
+        pool, name = self._volume_of(disk)
+        with self._lock:
+            volume = self.pools.find(pool, name)
+            if volume is None and self.pools.foreign(pool, name):
+                return  # somebody else's volume of that name: nothing of ours is attached
+            fmt = volume.format if volume is not None else disk.format
+            if fmt != "raw":
+                # An export is found by the path it serves, so this stops nothing but this disk's.
+                self.host().nbd("stop", volume.path if volume is not None else disk.id, fmt)
+            self.pools.clear_attached(pool, name)
+
+    # ------------------------------------------------------------ VMs
+
+    def create_vm(self, request: VmRequest) -> VmRef:
+        """Refuses a name already taken: callers look for their VM with find_vm first (that is the
+        idempotency), so a domain found here under the same name is another run's or somebody else's."""
+        check_name(request.name, "VM")
+        self.host_for(request.host)
+        found = self.abilities()
+        conn = self._conn()
+        with self._lock:
+            existing = self._lookup(request.name)
+            if existing is not None:
+                if read_domain(existing.XMLDesc(0)).owned:
+                    raise ProviderError(
+                        f"a VM named {request.name} already exists on {self.where}; delete it or choose "
+                        "another vm_name"
+                    )
+                raise ProviderError(
+                    f"a VM named {request.name} already exists on {self.where} and was not created by "
+                    "hvmigrate; it is never overwritten: choose another vm_name (or remove that VM yourself)"
+                )
+            if request.firmware not in found.firmware:
+                raise ProviderError(
+                    f"VM {request.name}: firmware {request.firmware} needs OVMF on {self.where}, which it "
+                    "does not have; install the Debian package ovmf there and restart libvirtd, or use "
+                    "firmware: bios"
+                )
+            if request.cpus < 1 or request.memory < MIN_MEMORY:
+                raise ProviderError(f"VM {request.name}: needs at least 1 vCPU and 32 MiB of memory")
+            if found.max_vcpus and request.cpus > found.max_vcpus:
+                raise ProviderError(
+                    f"VM {request.name} asks for {request.cpus} vCPUs; {self.where} allows {found.max_vcpus} "
+                    f"for {found.domain_type} domains"
+                )
+            if len(request.nics) > MAX_NICS:
+                raise ProviderError(
+                    f"VM {request.name} asks for {len(request.nics)} NICs; at most {MAX_NICS}"
+                )
+            spec = DomainSpec(
+                name=request.name,
+                uuid=str(uuid.uuid4()),
+                domain_type=found.domain_type,
+                cpus=request.cpus,
+                memory=request.memory,
+                firmware=request.firmware,
+                disks=self._vm_disks(request),
+                nics=self._vm_nics(request),
+                owner={"provider": self.name, **request.tags},
+                serial_log=self._serial_log(request.name),
+            )
+            try:
+                domain = conn.defineXMLFlags(domain_xml(spec), libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+            except libvirt.libvirtError as exc:
+                raise failure(exc, f"defining VM {request.name} on {self.where}") from None
+        return VmRef(self.name, domain.UUIDString(), request.name)
+
+    def find_vm(self, name: str) -> VmRef | None:
+        """The tool's own domain ``name``; a domain of that name it did not create is not found."""
+        check_name(name, "VM")
+        domain = self._lookup(name)
+        if domain is None or not read_domain(domain.XMLDesc(0)).owned:
+            return None
+        return VmRef(self.name, domain.UUIDString(), name)
+
+    def vm_details(self, vm: VmRef) -> DomainFacts:
+        """What the domain is made of (disks, NICs with MACs, owner tags): for reports and tests."""
+        return read_domain(self._domain(vm).XMLDesc(0))
+
+    def delete_vm(self, vm: VmRef) -> None:
+        """Refuses a running VM (power it off first). Undefines it and keeps its volumes: a failed
+        cutover's undo removes the VM, and the replica disks hold hours of mirroring the next try reuses."""
+        with self._lock:
+            domain = self._domain(vm)
+            if domain.isActive():
+                raise ProviderError(f"VM {vm.name} is running; power it off first")
+            facts = read_domain(domain.XMLDesc(0))
+            try:
+                domain.undefineFlags(_UNDEFINE_FLAGS)
+            except libvirt.libvirtError as exc:
+                raise failure(exc, f"removing VM {vm.name} from {self.where}") from None
+            if facts.serial_log and self.uri.is_local:
+                Path(facts.serial_log).unlink(missing_ok=True)
+
+    def power_on(self, vm: VmRef) -> None:
+        """Idempotent; refuses while one of its disks is still open for the data plane to write."""
+        domain = self._domain(vm)
+        if domain.isActive():
+            return
+        facts = read_domain(domain.XMLDesc(0))
+        for pool, volume in facts.volumes:
+            if self.pools.attached(pool, volume):
+                raise ProviderError(
+                    f"VM {vm.name} cannot start: its disk {volume} is still attached to host "
+                    f"{self._host_name()} for writing; detach it first (the detach_disks step)"
+                )
+        try:
+            domain.create()
+        except libvirt.libvirtError as exc:
+            raise failure(exc, f"VM {vm.name} cannot start on {self.where}") from None
+
+    def power_off(self, vm: VmRef, *, force: bool = False) -> None:
+        """``force`` pulls the plug; otherwise the guest gets the ACPI power button and
+        ``shutdown_timeout`` to act on it. Idempotent: an off VM stays off."""
+        domain = self._domain(vm)
+        if not domain.isActive():
+            return
+        try:
+            if force:
+                domain.destroy()
+                return
+            domain.shutdown()
+        except libvirt.libvirtError as exc:
+            if not domain.isActive():
+                return  # it went off by itself meanwhile
+            raise failure(exc, f"powering off VM {vm.name} on {self.where}") from None
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        while domain.isActive():
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"VM {vm.name} did not shut down within {self.config.shutdown_timeout:.0f} s of the ACPI "
+                    "power button (its OS ignores it, or has none); power it off with force, or raise "
+                    "shutdown_timeout"
+                )
+            time.sleep(SHUTDOWN_POLL)
+
+    def wait_booted(self, vm: VmRef, timeout: float) -> BootReport:
+        """Running, and what the guest agent, DHCP leases or ARP saw of it (see boot.py): only what was
+        observed, never a guess."""
+        domain = self._domain(vm)
+        facts = read_domain(domain.XMLDesc(0))
+        nets = [network for network, _ in facts.nics]
+        return boot.wait_booted(domain, self._conn(), nets, timeout)
+
+    def console_log(self, vm: VmRef) -> str:
+        """The serial console of the VM's last start (local URIs: the log is a file on this machine)."""
+        facts = read_domain(self._domain(vm).XMLDesc(0))
+        if not facts.serial_log or not self.uri.is_local:
+            return ""
+        path = Path(facts.serial_log)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+        self.connection.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _own(self, provider: str, what: str) -> None:
+        if provider != self.name:
+            raise ProviderError(f"{what} belongs to provider {provider}, not {self.name}")
+
+    def _lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self._conn().lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise failure(exc, f"looking up VM {name} on {self.where}") from None
+
+    def _domain(self, vm: VmRef) -> libvirt.virDomain:
+        self._own(vm.provider, f"VM {vm.name}")
+        check_name(vm.name, "VM")
+        domain = self._lookup(vm.name)
+        if domain is None:
+            raise NotFound(f"VM {vm.name} does not exist on {self.where}")
+        if not read_domain(domain.XMLDesc(0)).owned:
+            raise ProviderError(
+                f"VM {vm.name} on {self.where} was not created by hvmigrate; it is never changed by it"
+            )
+        return domain
+
+    def _domains(self) -> list[DomainFacts]:
+        facts = []
+        for domain in self._conn().listAllDomains(0):
+            with contextlib.suppress(libvirt.libvirtError):  # undefined while we looked
+                facts.append(read_domain(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        return facts
+
+    def _vm_using(self, pool: str, name: str) -> str | None:
+        path = None
+        for facts in self._domains():
+            if (pool, name) in facts.volumes:
+                return facts.name
+            if facts.files:
+                if path is None:
+                    volume = self.pools.find(pool, name)
+                    path = volume.path if volume else ""
+                if path and path in facts.files:
+                    return facts.name
+        return None
+
+    def _serial_log(self, name: str) -> str | None:
+        """libvirt's per-domain log folder, for system connections (a session daemon cannot write it)."""
+        return f"/var/log/libvirt/qemu/{name}-serial.log" if self.uri.is_system else None
+
+    def _vm_disks(self, request: VmRequest) -> tuple[DiskSpec, ...]:
+        buses = _disk_buses(request)
+        disks = []
+        for disk, bus in zip(request.disks, buses, strict=True):
+            pool, name = self._volume_of(disk)
+            volume = self.pools.find(pool, name)
+            if volume is None:
+                raise ProviderError(f"VM {request.name}: disk {disk.name} does not exist in pool {pool}")
+            if self.pools.attached(pool, name):
+                raise ProviderError(
+                    f"VM {request.name}: disk {disk.name} is still attached to host {self._host_name()}; "
+                    "detach first"
+                )
+            vm = self._vm_using(pool, name)
+            if vm:
+                raise ProviderError(f"VM {request.name}: disk {disk.name} already belongs to VM {vm}")
+            disks.append(DiskSpec(pool=pool, volume=name, format=volume.format, bus=bus))
+        return tuple(disks)
+
+    def _vm_nics(self, request: VmRequest) -> tuple[NicSpec, ...]:
+        """Validated NICs with their MACs; a MAC already on the same network would break both VMs."""
+        conn = self._conn()
+        in_use = {(network, mac): facts.name for facts in self._domains() for network, mac in facts.nics}
+        nics = []
+        for index, nic in enumerate(request.nics):
+            if not network_exists(conn, nic.network):
+                known = ", ".join(networks(conn)) or "none"
+                raise ProviderError(
+                    f"network {nic.network} does not exist on {self.where} (networks: {known}); "
+                    "create it or map the NIC to one of these"
+                )
+            model = nic.model or "virtio"
+            if model not in NIC_MODELS:
+                raise ProviderError(
+                    f"VM {request.name}: NIC type {model} does not exist on KVM; use one of "
+                    f"{', '.join(NIC_MODELS)}"
+                )
+            if nic.vlan is not None and not vlan_capable(conn, nic.network):
+                raise ProviderError(
+                    f"VM {request.name}: network {nic.network} cannot tag VLAN {nic.vlan} (libvirt tags "
+                    "VLANs on Open vSwitch and SR-IOV networks only); map the NIC to a network carrying it"
+                )
+            mac = (
+                nic.mac.lower().replace("-", ":")
+                if nic.mac
+                else _generated_mac(request.name, index, in_use, nic.network)
+            )
+            if not _MAC_RE.match(mac):
+                raise ProviderError(
+                    f"VM {request.name}: {nic.mac!r} is not a MAC address like 52:54:00:12:34:56"
+                )
+            other = in_use.get((nic.network, mac))
+            if other:
+                raise ProviderError(
+                    f"VM {request.name}: MAC {mac} is already used by VM {other} on network {nic.network}; "
+                    "use mac: new or isolate the test network"
+                )
+            in_use[(nic.network, mac)] = request.name
+            nics.append(NicSpec(network=nic.network, mac=mac, model=model, vlan=nic.vlan))
+        return tuple(nics)
+
+
+def _disk_buses(request: VmRequest) -> list[str]:
+    """The bus of each disk: virtio unless the request names another (guests without virtio)."""
+    given = list(request.disk_controllers)
+    buses = [(given[i] if i < len(given) else None) or "virtio" for i in range(len(request.disks))]
+    for bus in buses:
+        if bus not in DISK_BUSES:
+            raise ProviderError(
+                f"VM {request.name}: disk controller {bus} does not exist on KVM; use one of "
+                f"{', '.join(DISK_BUSES)}"
+            )
+    return buses
+
+
+def _generated_mac(vm: str, index: int, in_use: dict[tuple[str, str], str], network: str) -> str:
+    """52:54:00 (QEMU's prefix) and three bytes from the VM name: the same VM gets the same MAC again."""
+    for attempt in range(256):
+        digest = hashlib.sha256(f"{vm}/{index}/{attempt}".encode()).digest()
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+        if (network, mac) not in in_use:
+            return mac
+    raise ProviderError(f"VM {vm}: no free generated MAC on network {network}; give one with mac:")
