@@ -34,6 +34,7 @@ MAX_DISKS_PER_APPLIANCE = 60
 REPLICATE_CHAIN = ("mirror", "sync", "stage_system_state", "remap_nics")
 CUTOVER_CHAIN = (
     "cutover_gate",
+    "check_dns",  # before anything stops: a rejected DNS key must not leave a stopped source behind
     "run_pre_script",
     "quiesce_source",
     "final_sync",
@@ -184,6 +185,7 @@ def config_digests(server: Server) -> dict[str, str]:
         "stage_system_state": _digest([target["hostname"], target["keep_hostname"]]),
         "create_replica": _digest(target),
         "update_dns": _digest([r.model_dump(mode="json") for r in server.dns_records]),
+        "check_dns": _digest([r.model_dump(mode="json") for r in server.dns_records]),
     }
 
 
@@ -244,6 +246,7 @@ def _add_server(
         "shutdown_source": (src,),
         "validate": (),
         "cutover_gate": (),
+        "check_dns": (),
         "run_pre_script": (),
         "run_post_script": (),
         "update_dns": (),
@@ -292,7 +295,7 @@ def _add_server(
             continue
         if kind == "shutdown_source" and not cutover.shutdown_source:
             continue
-        if kind == "update_dns" and not server.dns_records:
+        if kind in ("check_dns", "update_dns") and not server.dns_records:
             continue
         chain.append(add(kind, "cutover"))
     for before, after in itertools.pairwise(chain):

@@ -40,6 +40,7 @@ DATA_KINDS = frozenset({"mirror", "sync", "final_sync"})
 VALIDATE_SECONDS = 1.0
 DISCOVER_SECONDS = 5.0
 SCRIPT_SECONDS = 30.0
+DNS_CHECK_SECONDS = 1.0  # one signed no-op update per zone, before anything stops
 POWER_ON_SECONDS = 5.0  # the power-on call itself; the rest of replica_boot is verify waiting for the guest
 UNKNOWN_KIND_SECONDS = 1.0
 MAX_NAMES_IN_NOTE = 5
@@ -354,6 +355,8 @@ class _Simulator:
             return float(sim.staging)
         if kind == "update_dns":
             return float(sim.dns_update)
+        if kind == "check_dns":
+            return DNS_CHECK_SECONDS
         if kind in ("run_pre_script", "run_post_script"):
             return SCRIPT_SECONDS
         if kind == "validate":

@@ -277,6 +277,22 @@ class Tsig(Model):
     secret: SecretStr
 
 
+def _reverse_zone(value: str) -> str:
+    """A reverse zone is named under in-addr.arpa or ip6.arpa; anything else is a typo worth stopping at."""
+    name = value.strip().rstrip(".").lower()
+    if not (name.endswith(".in-addr.arpa") or name.endswith(".ip6.arpa")):
+        raise ValueError(
+            f"{value!r} is not a reverse zone: expected a name like 1.10.in-addr.arpa or ...ip6.arpa"
+        )
+    return name
+
+
+REVERSE_ZONES_HELP = (
+    "reverse zones (1.10.in-addr.arpa, 8.b.d.0.1.0.0.2.ip6.arpa) whose PTR records follow the A/AAAA "
+    "records this tool moves; the most specific zone holding an address is used"
+)
+
+
 class Rfc2136Dns(Model):
     type: Literal["rfc2136"]
     server: str
@@ -284,6 +300,15 @@ class Rfc2136Dns(Model):
     zone: str
     tsig: Tsig | None = None
     timeout: Duration = 10
+    reverse_zones: list[str] = Field(default_factory=list, description=REVERSE_ZONES_HELP)
+    verify_timeout: Duration = Field(
+        30, description="how long update_dns waits for the server to answer with the new records"
+    )
+
+    @field_validator("reverse_zones")
+    @classmethod
+    def _reverse_zones(cls, value: list[str]) -> list[str]:
+        return [_reverse_zone(zone) for zone in value]
 
 
 class ZonefileDns(Model):
@@ -292,6 +317,15 @@ class ZonefileDns(Model):
     type: Literal["zonefile"]
     path: Path
     zone: str
+    reverse_zones: list[str] = Field(
+        default_factory=list,
+        description=REVERSE_ZONES_HELP + "; each is the file ZONE.zone in the folder of path",
+    )
+
+    @field_validator("reverse_zones")
+    @classmethod
+    def _reverse_zones(cls, value: list[str]) -> list[str]:
+        return [_reverse_zone(zone) for zone in value]
 
 
 class WindowsDns(Model):
@@ -471,6 +505,17 @@ class DnsRecord(Model):
     type: Literal["A", "AAAA", "CNAME"] = "A"
     value: str = Field("nic0", description="nicN: the address given to that NIC; or a literal value")
     ttl: int = Field(300, ge=0, le=604800)
+    ptr: bool | None = Field(
+        None,
+        description="move the address's PTR record too (A/AAAA only); default: yes when the provider's "
+        "reverse_zones holds the address. true with no such zone fails check_dns before cutover",
+    )
+
+    @model_validator(mode="after")
+    def _ptr_needs_an_address(self) -> DnsRecord:
+        if self.ptr and self.type == "CNAME":
+            raise ValueError("ptr: true needs an A or AAAA record; a CNAME has no address to point back")
+        return self
 
 
 class Estimate(Model):

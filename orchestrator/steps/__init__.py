@@ -14,6 +14,7 @@ def registry() -> dict[str, type[Step]]:
     from orchestrator.steps.cutover import Barrier, CutoverGate, QuiesceSource, ShutdownSource
     from orchestrator.steps.discover import DiscoverSource
     from orchestrator.steps.disks import AttachDisks, CreateDisks, DetachDisks
+    from orchestrator.steps.dns_check import CheckDns
     from orchestrator.steps.dns_update import UpdateDns
     from orchestrator.steps.guest import RemapNics, StageSystemState
     from orchestrator.steps.mirror import FinalSync, Mirror, Sync
@@ -32,6 +33,7 @@ def registry() -> dict[str, type[Step]]:
         StageSystemState,
         RemapNics,
         CutoverGate,
+        CheckDns,
         RunPreScript,
         QuiesceSource,
         FinalSync,

@@ -12,17 +12,26 @@ from typing import Any
 import dns.rdatatype
 import dns.zone
 import pytest
+from pydantic import ValidationError
 
 from orchestrator.dns import (
+    Change,
     DnsError,
     DnsUnavailable,
     DnsUpdater,
     Rfc2136Updater,
     TransientDnsError,
     ZonefileUpdater,
+    check_access,
+    move_record,
     open_dns,
+    reverse_name,
+    reverse_zone_for,
+    touched_rrsets,
+    undo_change,
+    wait_until_answered,
 )
-from orchestrator.playbook.models import Rfc2136Dns, WindowsDns, ZonefileDns
+from orchestrator.playbook.models import DnsRecord, Rfc2136Dns, WindowsDns, ZonefileDns
 from tests.services.bind import BindServer, bind_server  # noqa: F401 - the fixture
 
 HAND_WRITTEN = """\
@@ -146,6 +155,144 @@ def test_concurrent_replacements_all_land(tmp_path: Path) -> None:
     assert all(updaters[0].get(f"host{i}", "A") == [(f"10.2.0.{i}", 60)] for i in range(8))
     assert serial(path) == 2 + 8
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+REVERSE = """\
+$ORIGIN 10.in-addr.arpa.
+$TTL 3600
+@         IN SOA ns1.corp.test. hostmaster.corp.test. ( 7 3600 600 604800 60 )
+          IN NS  ns1.corp.test.
+12.0.0    300 IN PTR db01.corp.test.
+13.0.0    300 IN PTR db01.corp.test.
+13.0.0    300 IN PTR db01-alias.corp.test.
+99.0.0    300 IN PTR printer.corp.test.
+"""
+
+
+def with_reverse(tmp_path: Path, **fields: Any) -> ZonefileDns:
+    (tmp_path / "corp.test.zone").write_text(HAND_WRITTEN)
+    (tmp_path / "10.in-addr.arpa.zone").write_text(REVERSE)
+    return ZonefileDns(
+        type="zonefile",
+        path=tmp_path / "corp.test.zone",
+        zone="corp.test",
+        reverse_zones=fields.pop("reverse_zones", ["10.in-addr.arpa"]),
+    )
+
+
+def ptrs(config: ZonefileDns, address: str) -> list[tuple[str, int]]:
+    return sorted(
+        open_dns(config, zone=reverse_zone_for(address, config.reverse_zones)).get(
+            reverse_name(address), "PTR"
+        )
+    )
+
+
+def test_zonefile_moves_the_ptr_with_the_address_and_undo_restores_every_record(tmp_path: Path) -> None:
+    config = with_reverse(tmp_path)
+    before = {a: ptrs(config, a) for a in ("10.0.0.12", "10.0.0.13", "10.1.0.12", "10.0.0.99")}
+    journal: list[Change] = []
+    expected = move_record(config, "db01", "A", "10.1.0.12", 60, journal=journal.append)
+    assert [(c.zone, c.name, c.type) for c in journal] == [
+        ("corp.test", "db01.corp.test.", "A"),
+        ("10.in-addr.arpa", "12.0.1.10.in-addr.arpa.", "PTR"),
+        ("10.in-addr.arpa", "12.0.0.10.in-addr.arpa.", "PTR"),
+        ("10.in-addr.arpa", "13.0.0.10.in-addr.arpa.", "PTR"),
+    ]
+    assert ptrs(config, "10.1.0.12") == [("db01.corp.test.", 60)]
+    assert ptrs(config, "10.0.0.12") == []  # named only db01: gone
+    assert ptrs(config, "10.0.0.13") == [("db01-alias.corp.test.", 300)]  # the other name stays
+    assert ptrs(config, "10.0.0.99") == before["10.0.0.99"]
+    wait_until_answered(config, expected, timeout=0)  # the file is the answer
+    checkzone(tmp_path / "corp.test.zone")
+    if shutil.which("named-checkzone"):
+        reverse = tmp_path / "10.in-addr.arpa.zone"
+        done = subprocess.run(
+            ["named-checkzone", "10.in-addr.arpa", str(reverse)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    for change in reversed(journal):
+        undo_change(config, Change.from_json(change.to_json()))  # as the journal would give it back
+    assert {a: ptrs(config, a) for a in before} == before
+    assert sorted(zonefile(tmp_path / "corp.test.zone").get("db01", "A")) == [
+        ("10.0.0.12", 300),
+        ("10.0.0.13", 300),
+    ]
+
+
+def test_ptr_false_and_cnames_leave_reverse_zones_alone(tmp_path: Path) -> None:
+    config = with_reverse(tmp_path)
+    journal: list[Change] = []
+    move_record(config, "db01", "A", "10.1.0.12", 60, ptr=False, journal=journal.append)
+    move_record(config, "www", "CNAME", "db01", 60, journal=journal.append)
+    assert {c.zone for c in journal} == {"corp.test"}
+    assert (tmp_path / "10.in-addr.arpa.zone").read_text() == REVERSE
+
+
+def test_a_missing_reverse_zone_file_is_created_beside_the_forward_zone(tmp_path: Path) -> None:
+    config = ZonefileDns(
+        type="zonefile",
+        path=tmp_path / "corp.test.zone",
+        zone="corp.test",
+        reverse_zones=["1.10.in-addr.arpa"],
+    )
+    move_record(config, "web01", "A", "10.1.0.11", 60, journal=lambda change: None)
+    reverse = tmp_path / "1.10.in-addr.arpa.zone"
+    zone = dns.zone.from_file(str(reverse), origin="1.10.in-addr.arpa.", relativize=False)
+    assert zone.get_rdataset("11.0.1.10.in-addr.arpa.", "PTR")[0].to_text() == "web01.corp.test."
+    assert zone.get_rdataset("1.10.in-addr.arpa.", "NS")[0].to_text() == "ns1.corp.test."
+
+
+def test_aaaa_records_move_their_ip6_arpa_ptr(tmp_path: Path) -> None:
+    zone = "8.b.d.0.1.0.0.2.ip6.arpa"
+    config = ZonefileDns(
+        type="zonefile", path=tmp_path / "corp.test.zone", zone="corp.test", reverse_zones=[zone]
+    )
+    move_record(config, "db01", "AAAA", "2001:db8::12", 60, journal=lambda change: None)
+    journal: list[Change] = []
+    expected = move_record(config, "db01", "AAAA", "2001:DB8:1::12", 60, journal=journal.append)
+    wait_until_answered(config, expected, timeout=0)
+    reverse = open_dns(config, zone=zone)
+    assert reverse.get(reverse_name("2001:db8:1::12"), "PTR") == [("db01.corp.test.", 60)]
+    assert reverse.get(reverse_name("2001:db8::12"), "PTR") == []
+    for change in reversed(journal):
+        undo_change(config, change)
+    assert reverse.get(reverse_name("2001:db8::12"), "PTR") == [("db01.corp.test.", 60)]
+    assert reverse.get(reverse_name("2001:db8:1::12"), "PTR") == []
+
+
+def test_zonefile_check_finds_an_unwritable_folder_and_a_broken_file(tmp_path: Path) -> None:
+    config = with_reverse(tmp_path)
+    check_access(config, touched_rrsets(config, "db01", "A", "10.1.0.12", None))  # writes nothing
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "10.in-addr.arpa.zone",
+        "corp.test.zone",
+    ]
+    (tmp_path / "not-a-folder").write_text("")
+    blocked = ZonefileDns(
+        type="zonefile", path=tmp_path / "not-a-folder" / "corp.test.zone", zone="corp.test"
+    )
+    with pytest.raises(DnsError, match=r"cannot be rewritten: Not a directory .*give this user write access"):
+        check_access(blocked, {"corp.test": [("db01", "A")]})
+    (tmp_path / "10.in-addr.arpa.zone").write_text("$ORIGIN 10.in-addr.arpa.\nnot a zone\n")
+    with pytest.raises(DnsError, match=r"cannot be read as zone 10.in-addr.arpa"):
+        check_access(config, touched_rrsets(config, "db01", "A", "10.1.0.12", None))
+
+
+def test_reverse_zone_choice_and_ptr_settings() -> None:
+    zones = ["10.in-addr.arpa", "1.10.in-addr.arpa", "8.b.d.0.1.0.0.2.ip6.arpa"]
+    assert reverse_zone_for("10.1.0.12", zones) == "1.10.in-addr.arpa"  # the most specific
+    assert reverse_zone_for("10.2.0.12", zones) == "10.in-addr.arpa"
+    assert reverse_zone_for("2001:db8::5", zones) == "8.b.d.0.1.0.0.2.ip6.arpa"
+    assert reverse_zone_for("192.0.2.1", zones) is None
+    with pytest.raises(DnsError, match="not an IP address"):
+        reverse_name("db01")
+    with pytest.raises(ValidationError, match="ptr: true needs an A or AAAA record"):
+        DnsRecord(provider="corp", name="www", type="CNAME", value="db01", ptr=True)
+    with pytest.raises(ValidationError, match=r"'corp\.test' is not a reverse zone"):
+        ZonefileDns(type="zonefile", path=Path("z"), zone="corp.test", reverse_zones=["corp.test"])
+    config = Rfc2136Dns(type="rfc2136", server="ns", zone="corp.test", reverse_zones=["1.10.IN-ADDR.ARPA."])
+    assert config.reverse_zones == ["1.10.in-addr.arpa"]
 
 
 def test_windows_dns_is_not_part_of_this_build() -> None:

@@ -63,6 +63,7 @@ def test_server_chain_follows_design_order() -> None:
         "stage_system_state",
         "remap_nics",
         "cutover_gate",
+        "check_dns",
         "run_pre_script",
         "quiesce_source",
         "final_sync",
@@ -79,7 +80,7 @@ def test_server_chain_follows_design_order() -> None:
 def test_optional_steps_are_left_out_when_they_would_do_nothing() -> None:
     plan = build_plan(playbook(server("a", cutover={"shutdown_source": False})))
     kinds = set(kinds_in_order(plan, "a"))
-    assert not kinds & {"run_pre_script", "run_post_script", "update_dns", "shutdown_source"}
+    assert not kinds & {"run_pre_script", "run_post_script", "check_dns", "update_dns", "shutdown_source"}
 
 
 def test_one_shared_appliance_per_target_host_and_dedicated_per_server() -> None:
