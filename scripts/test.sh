@@ -4,9 +4,11 @@
 # fixtures, never by hand. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# libvirt-dev and pkg-config build libvirt-python; ovmf lets the UEFI tests run; lvm2 the LVM snapshot ones.
+# libvirt-dev and pkg-config build libvirt-python; ovmf lets the UEFI tests run; lvm2 the LVM snapshot ones;
+# debootstrap and extlinux build the bootable guest of the test bed (cached in /var/cache/hvmigrate-testbed).
 packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils
-  libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config ovmf dnsmasq-base lvm2)
+  libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config ovmf dnsmasq-base lvm2
+  debootstrap extlinux syslinux-common)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

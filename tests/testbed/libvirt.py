@@ -143,6 +143,8 @@ def ensure_libvirtd(timeout: float = START_TIMEOUT) -> str:
     changed = configure_qemu()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
+    # libvirt writes a MAC list here for every network with an <ip>, even without dnsmasq installed
+    Path("/var/lib/libvirt/dnsmasq").mkdir(parents=True, exist_ok=True)
     if not _answers(VIRTLOGD_SOCKET):  # QEMU's console and logs go through it: no domain starts without
         _run_daemon(["virtlogd", "-d"])
     if _answers(LIBVIRTD_SOCKET):
