@@ -38,6 +38,10 @@ class Partition:
     size: int
     type: str  # "0x83" for MBR, a GUID for GPT
     bootable: bool = False
+    # What fstab's PARTUUID= and PARTLABEL= name: the GPT entry's unique GUID and name, or for MBR the
+    # disk signature and partition number ("1234abcd-01") as the Linux kernel composes it; no label.
+    partuuid: str | None = None
+    partlabel: str | None = None
 
     @property
     def is_efi_system(self) -> bool:
@@ -126,19 +130,27 @@ def _mbr_entries(sector: bytes) -> list[tuple[int, int, int, int]]:
 
 def _mbr_partitions(read: Reader, sector0: bytes, size: int) -> tuple[Partition, ...]:
     partitions: list[Partition] = []
+    signature = struct.unpack_from("<I", sector0, 440)[0]
     for number, (status, ptype, first, count) in enumerate(_mbr_entries(sector0), start=1):
         if status not in (0x00, 0x80) or first * SECTOR >= size:
             return ()  # not a partition table: a boot sector of a bare filesystem, or garbage
         if ptype in _MBR_EXTENDED:
-            partitions.extend(_logical_partitions(read, first, size))
+            partitions.extend(_logical_partitions(read, first, size, signature))
         elif ptype != _MBR_GPT_PROTECTIVE:
             partitions.append(
-                Partition(number, first * SECTOR, count * SECTOR, f"0x{ptype:02x}", bootable=status == 0x80)
+                Partition(
+                    number,
+                    first * SECTOR,
+                    count * SECTOR,
+                    f"0x{ptype:02x}",
+                    bootable=status == 0x80,
+                    partuuid=f"{signature:08x}-{number:02x}",
+                )
             )
     return tuple(partitions)
 
 
-def _logical_partitions(read: Reader, extended_lba: int, size: int) -> list[Partition]:
+def _logical_partitions(read: Reader, extended_lba: int, size: int, signature: int) -> list[Partition]:
     """Walk the EBR chain; logical partitions are numbered from 5 as Linux does."""
     found: list[Partition] = []
     ebr_lba = extended_lba
@@ -152,7 +164,16 @@ def _logical_partitions(read: Reader, extended_lba: int, size: int) -> list[Part
         status, ptype, first, count = entries[0]
         offset = (ebr_lba + first) * SECTOR
         if offset < size:
-            found.append(Partition(number, offset, count * SECTOR, f"0x{ptype:02x}", bootable=status == 0x80))
+            found.append(
+                Partition(
+                    number,
+                    offset,
+                    count * SECTOR,
+                    f"0x{ptype:02x}",
+                    bootable=status == 0x80,
+                    partuuid=f"{signature:08x}-{number:02x}",
+                )
+            )
         if len(entries) < 2 or entries[1][1] not in _MBR_EXTENDED:
             break
         ebr_lba = extended_lba + entries[1][2]
@@ -174,5 +195,15 @@ def _gpt_partitions(read: Reader, size: int) -> tuple[Partition, ...]:
         first, last = struct.unpack_from("<QQ", entry, 32)
         if first * SECTOR >= size or last < first:
             continue
-        partitions.append(Partition(index + 1, first * SECTOR, (last - first + 1) * SECTOR, str(type_guid)))
+        name = entry[56:128].decode("utf-16-le", errors="replace").split("\x00", 1)[0]
+        partitions.append(
+            Partition(
+                index + 1,
+                first * SECTOR,
+                (last - first + 1) * SECTOR,
+                str(type_guid),
+                partuuid=str(uuid.UUID(bytes_le=entry[16:32])),
+                partlabel=name or None,
+            )
+        )
     return tuple(partitions)

@@ -44,6 +44,16 @@ class ToolMissing(GuestFsError):
 
 
 @dataclass(frozen=True)
+class FsOp:
+    """One change to a guest filesystem: a regular file, a symlink (``data`` is its target), or removal."""
+
+    kind: Literal["file", "symlink", "absent"]
+    path: str
+    data: bytes = b""
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
 class Inode:
     type: InodeType
     mode: int  # permission bits only
@@ -226,36 +236,78 @@ class ExtFs:
 
     def write_files(self, files: Sequence[tuple[str, bytes, int]]) -> None:
         """Create or replace regular files (path, data, mode) owned by root, creating parent directories."""
-        if not files:
+        self.apply([FsOp("file", path, data, mode) for path, data, mode in files])
+
+    def apply(self, ops: Sequence[FsOp]) -> None:
+        """Create files and symlinks, or remove entries, in one debugfs run; then check each took effect.
+
+        Removal of a directory is refused: staging only ever takes away files it can put back.
+        """
+        if not ops:
             return
         with image_lock(self.image):
             if self.needs_recovery():
                 self.replay_journal()
             with tempfile.TemporaryDirectory(prefix="hvmigrate-stage-") as tmp:
                 commands: list[str] = []
-                for index, (path, data, mode) in enumerate(files):
-                    real = self._writable_path(path, commands)
-                    local = Path(tmp) / f"f{index}"
-                    local.write_bytes(data)
+                made: set[str] = set()
+                for index, op in enumerate(ops):
+                    if op.kind == "absent" and self.stat(op.path) is None:
+                        continue  # nothing to remove; and no parent directory to create for it
+                    real = self._writable_path(op.path, commands, made)
                     existing = self.stat(real)
+                    if existing is not None and existing.type == "directory":
+                        raise GuestFsError(f"{self.spec}: cannot replace {op.path}: it is a directory")
                     if existing is not None:
-                        if existing.type == "directory":
-                            raise GuestFsError(f"{self.spec}: cannot write {path}: it is a directory")
                         commands.append(f"rm {_quote(real)}")
-                    commands += [
-                        f"write {local} {_quote(real)}",
-                        f"sif {_quote(real)} mode 0{0o100000 | mode:o}",
-                        f"sif {_quote(real)} uid 0",
-                        f"sif {_quote(real)} gid 0",
-                    ]
-                result = self._run(commands, writable=True)
-            for path, data, mode in files:
-                found = self.resolve(path)
-                if found is None or found[1].mode != mode or self.read(path) != data:
-                    raise GuestFsError(f"{self.spec}: writing {path} did not take effect: {_stderr(result)}")
+                    if op.kind == "file":
+                        local = Path(tmp) / f"f{index}"
+                        local.write_bytes(op.data)
+                        commands += [
+                            f"write {local} {_quote(real)}",
+                            f"sif {_quote(real)} mode 0{0o100000 | op.mode:o}",
+                            f"sif {_quote(real)} uid 0",
+                            f"sif {_quote(real)} gid 0",
+                        ]
+                    elif op.kind == "symlink":
+                        target = op.data.decode()
+                        if not target or "\n" in target or '"' in target or any(c.isspace() for c in target):
+                            raise GuestFsError(f"cannot create a symlink to {target!r}: not a plain path")
+                        commands.append(f"symlink {_quote(real)} {target}")
+                result = self._run(commands, writable=True) if commands else None
+            for op in ops:
+                if not self._took_effect(op):
+                    why = _stderr(result) if result is not None else "nothing was run"
+                    raise GuestFsError(f"{self.spec}: {op.kind} {op.path} did not take effect: {why}")
 
-    def _writable_path(self, path: str, commands: list[str]) -> str:
-        """The real path to write ``path`` at: parent symlinks resolved, missing parents queued for mkdir."""
+    def _took_effect(self, op: FsOp) -> bool:
+        if op.kind == "absent":
+            return self.stat(op.path) is None
+        if op.kind == "symlink":
+            found = self.stat(op.path)
+            return found is not None and found.type == "symlink" and found.link_target == op.data.decode()
+        found = self.resolve(op.path)
+        return found is not None and found[1].mode == op.mode and self.read(op.path) == op.data
+
+    def dump(self, path: str, local: Path) -> int:
+        """Copy a guest file (symlinks followed) to ``local`` without holding it in memory; its size."""
+        found = self.resolve(path)
+        if found is None or found[1].type != "regular":
+            raise GuestFsError(f"{self.spec}: {path} is not a regular file")
+        result = self._run([f"dump {_quote(found[0])} {local}"])
+        size = local.stat().st_size if local.exists() else -1
+        if size != found[1].size:
+            raise GuestFsError(
+                f"{self.spec}: copied {size} of {found[1].size} bytes of {path}: {_stderr(result)}"
+            )
+        return size
+
+    def _writable_path(self, path: str, commands: list[str], made: set[str] | None = None) -> str:
+        """The real path to write ``path`` at: parent symlinks resolved, missing parents queued for mkdir.
+
+        ``made`` holds the directories already queued by earlier operations of the same run.
+        """
+        made = set() if made is None else made
         path = posixpath.normpath("/" + path.lstrip("/"))
         if not _SAFE_PATH_RE.match(path) or path == "/":
             raise GuestFsError(f"cannot stage a file at {path!r}: not a plain absolute path")
@@ -263,11 +315,16 @@ class ExtFs:
         parts = [p for p in posixpath.dirname(path).split("/") if p]
         for position, name in enumerate(parts):
             candidate = posixpath.join(parent, name)
+            if candidate in made:
+                parent = candidate
+                continue
             found = self.resolve(candidate)
             if found is None:
                 for missing in parts[position:]:
                     parent = posixpath.join(parent, missing)
-                    commands.append(f"mkdir {_quote(parent)}")
+                    if parent not in made:
+                        made.add(parent)
+                        commands.append(f"mkdir {_quote(parent)}")
                 break
             if found[1].type != "directory":
                 raise GuestFsError(f"{self.spec}: cannot create {path}: {candidate} is a {found[1].type}")

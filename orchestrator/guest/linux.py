@@ -1,16 +1,25 @@
-"""System-state staging of a Linux guest, on its raw disk file, before the replica first boots.
+"""System-state staging of a Linux guest, on its raw disk files, before the replica first boots.
 
 A migrated Linux server usually boots fine and then has no network: its new NICs get new kernel names
 (``enp0s2`` where the source had ``ens3`` or ``eth0``) and the old configuration names interfaces that no
-longer exist. Staging therefore pins each NIC's name to its MAC with a systemd ``.link`` file (honoured by
-udev with or without systemd-networkd) and writes an ifupdown configuration for those pinned names, so the
-identity survives whatever the new hypervisor's bus layout is. Everything is done through `ExtFs`
-(debugfs), so no disk is ever mounted on the orchestrator.
+longer exist. Or it does not boot at all: its initramfs lacks the new platform's disk driver, or fstab
+names a disk by a device name the new platform spells differently. This module is the entry point that
+reads the guest and plans what it needs, in small parts:
+
+- `netconfig`: the network identity in the format the guest uses (ifupdown, netplan, NetworkManager,
+  systemd-networkd), names pinned to MACs by systemd ``.link`` files;
+- `hostname`: /etc/hostname and the /etc/hosts lines that make it resolve;
+- `fstab`: entries checked against the replica's filesystems, device names remapped to UUIDs;
+- `initramfs`: the target's disk and NIC drivers looked for in the default kernel's initramfs;
+- `guest_tools`: the source platform's guest tools masked on another platform.
+
+Plans are plain `GuestEdit` lists with findings and a log, computed once (`changes` makes that
+repeatable) and applied idempotently by `apply_edits`. Everything goes through `ExtFs` (debugfs), so no
+disk is ever mounted on the orchestrator.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import posixpath
@@ -19,18 +28,34 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from .changes import ChangeSet, GuestView, revert_edits
 from .disk_layout import DiskLayout, filesystems_of, read_layout
-from .extfs import ExtFs, GuestFsError, ToolMissing, check_clean, image_lock
+from .edits import HOSTS_MARK, GuestEdit, merge_hosts
+from .extfs import ExtFs, FsOp, GuestFsError, ToolMissing, check_clean, image_lock
+from .findings import Finding
+from .fstab import DEFAULT_CONTROLLER, TargetDisk, check_fstab
+from .guest_tools import plan_guest_tools
+from .hostname import hosts_lines, plan_hostname
+from .initramfs import check_initramfs
+from .netconfig import NicConfig, interface_name
+from .netconfig import plan_network as plan_network_config
+from .netconfig.ifupdown import InterfaceStanza, parse_interfaces
+from .netconfig.naming import LinkRule, parse_link_file
+from .volume_ids import Volume, identify_volumes
 
 __all__ = [
     "GuestEdit",
     "GuestFsError",
     "InterfaceStanza",
     "LinkRule",
+    "NicConfig",
     "NicPlan",
     "RootFs",
+    "StagingPlan",
+    "StagingTarget",
+    "TargetDisk",
     "apply_edits",
     "check_clean",
     "disk_layout",
@@ -41,13 +66,15 @@ __all__ = [
     "os_release",
     "parse_interfaces",
     "parse_link_file",
+    "plan_network",
     "plan_network_edits",
+    "plan_system_state",
     "read_file",
+    "revert_staging",
     "write_file",
 ]
 
 _ROOT_MARKERS = ("/etc/os-release", "/etc/fstab", "/etc/hostname")
-_HOSTS_MARK = "# hvmigrate"
 LINK_DIR = "/etc/systemd/network"
 
 
@@ -142,111 +169,6 @@ def os_release(root: RootFs) -> dict[str, str]:
     return values
 
 
-# ---------------------------------------------------------------- ifupdown and .link parsing
-
-
-@dataclass(frozen=True)
-class InterfaceStanza:
-    name: str
-    family: str  # inet, inet6
-    method: str  # static, dhcp, loopback, manual
-    auto: bool  # brought up at boot (auto / allow-hotplug)
-    addresses: tuple[str, ...] = ()  # CIDR
-    gateway: str | None = None
-    hwaddress: str | None = None
-    dns: tuple[str, ...] = ()
-
-
-def parse_interfaces(text: str) -> list[InterfaceStanza]:
-    """The ``iface`` stanzas of an ifupdown /etc/network/interfaces (continuation lines joined)."""
-    lines = text.replace("\\\n", " ").splitlines()
-    auto: set[str] = set()
-    stanzas: list[dict] = []
-    current: dict | None = None
-    for raw in lines:
-        words = raw.split("#", 1)[0].split()
-        if not words:
-            continue
-        key = words[0]
-        if key == "auto" or key.startswith("allow-"):
-            auto.update(words[1:])
-            current = None
-        elif key == "iface" and len(words) >= 4:
-            current = {
-                "name": words[1],
-                "family": words[2],
-                "method": words[3],
-                "address": [],
-                "netmask": None,
-                "gateway": None,
-                "hwaddress": None,
-                "dns": [],
-            }
-            stanzas.append(current)
-        elif key in ("mapping", "source", "source-directory", "rename"):
-            current = None
-        elif current is not None and len(words) >= 2:
-            if key == "address":
-                current["address"].append(words[1])
-            elif key == "netmask":
-                current["netmask"] = words[1]
-            elif key == "gateway":
-                current["gateway"] = words[1]
-            elif key == "hwaddress":
-                current["hwaddress"] = words[-1].lower()
-            elif key == "dns-nameservers":
-                current["dns"].extend(words[1:])
-    return [_stanza(s, s["name"] in auto) for s in stanzas]
-
-
-def _stanza(raw: dict, auto: bool) -> InterfaceStanza:
-    addresses = []
-    for address in raw["address"]:
-        text = address if "/" in address or not raw["netmask"] else f"{address}/{raw['netmask']}"
-        try:
-            addresses.append(str(ipaddress.ip_interface(text)))
-        except ValueError:
-            addresses.append(address)
-    return InterfaceStanza(
-        raw["name"],
-        raw["family"],
-        raw["method"],
-        auto,
-        tuple(addresses),
-        raw["gateway"],
-        raw["hwaddress"],
-        tuple(raw["dns"]),
-    )
-
-
-@dataclass(frozen=True)
-class LinkRule:
-    """A systemd .link file reduced to what naming needs: which MACs it matches, what name it gives."""
-
-    file: str
-    macs: tuple[str, ...]
-    name: str | None
-
-
-def parse_link_file(file: str, text: str) -> LinkRule:
-    section = ""
-    macs: list[str] = []
-    name = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, _, value = line.partition("=")
-        if section == "Match" and key.strip() in ("MACAddress", "PermanentMACAddress"):
-            macs.extend(m.lower() for m in value.split())
-        elif section == "Link" and key.strip() == "Name":
-            name = value.strip() or None
-    return LinkRule(file, tuple(macs), name)
-
-
 def link_rules(root: RootFs) -> list[LinkRule]:
     """The guest's /etc/systemd/network/*.link files in the lexical order udev applies them."""
     rules = []
@@ -262,45 +184,6 @@ def link_rules(root: RootFs) -> list[LinkRule]:
 
 
 @dataclass(frozen=True)
-class GuestEdit:
-    """One file to put on the guest; ``merge="hosts"`` merges lines into /etc/hosts instead of replacing it.
-
-    Plain data (no callables), so a plan of edits can be journaled and shown before it is applied.
-    """
-
-    path: str
-    content: bytes  # text is accepted and stored UTF-8 encoded
-    mode: int = 0o644
-    merge: Literal["replace", "hosts"] = "replace"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.content, str):
-            object.__setattr__(self, "content", self.content.encode())
-        if self.merge not in ("replace", "hosts"):
-            raise ValueError(f"unknown merge {self.merge!r} for {self.path}: use replace or hosts")
-
-    def to_json(self) -> dict[str, Any]:
-        """A journal-safe form: text content as text, anything else base64."""
-        try:
-            content, encoding = self.content.decode(), "utf-8"
-        except UnicodeDecodeError:
-            content, encoding = base64.b64encode(self.content).decode(), "base64"
-        return {
-            "path": self.path,
-            "content": content,
-            "encoding": encoding,
-            "mode": self.mode,
-            "merge": self.merge,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> GuestEdit:
-        content = data["content"]
-        raw = base64.b64decode(content) if data.get("encoding") == "base64" else content
-        return cls(data["path"], raw, int(data.get("mode", 0o644)), data.get("merge", "replace"))
-
-
-@dataclass(frozen=True)
 class NicPlan:
     """One NIC of the replica as staging sees it: the MAC it will have and the address it must carry."""
 
@@ -313,16 +196,12 @@ class NicPlan:
 NicSpec = NicPlan | tuple[str, str, str | None, Sequence[str] | None]
 
 
-def interface_name(index: int) -> str:
-    """The name staging pins NIC ``index`` to: the playbook calls it nicN, and so will the guest.
-
-    Not ethN: the kernel hands out ethN itself, and renaming into the kernel's namespace races with it.
-    """
-    return f"nic{index}"
-
-
 def plan_network_edits(hostname: str, nics: Sequence[NicSpec]) -> list[GuestEdit]:
-    """The files that give the replica its hostname and its NICs their names and addresses."""
+    """The hostname and an ifupdown configuration for the NICs, without reading the guest.
+
+    For callers with no disk at hand (tests of the sim's boot); staging itself uses `plan_network`,
+    which detects the guest's format and keeps what the guest holds besides.
+    """
     plans = [n if isinstance(n, NicPlan) else NicPlan(n[0], n[1], n[2], tuple(n[3] or ())) for n in nics]
     if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9-]{1,63})*", hostname):
         raise ValueError(f"{hostname!r} is not a valid hostname")
@@ -370,7 +249,7 @@ def plan_network_edits(hostname: str, nics: Sequence[NicSpec]) -> list[GuestEdit
         )
     edits.append(GuestEdit("/etc/network/interfaces", ("\n".join(stanzas) + "\n").encode()))
     edits.append(
-        GuestEdit("/etc/hosts", "".join(f"{line}\t{_HOSTS_MARK}\n" for line in hosts).encode(), merge="hosts")
+        GuestEdit("/etc/hosts", "".join(f"{line}\t{HOSTS_MARK}\n" for line in hosts).encode(), merge="hosts")
     )
     return edits
 
@@ -382,44 +261,58 @@ def _mac(value: str) -> str:
     return mac
 
 
-def merge_hosts(current: bytes | None, managed: bytes) -> bytes:
-    """Keep the guest's own /etc/hosts lines; replace ours, 127.0.1.1 and any other line for our names."""
-    ours = managed.decode().splitlines()
-    our_names = {name for line in ours for name in line.split("#", 1)[0].split()[1:]}
-    kept = []
-    for line in (current or b"127.0.0.1\tlocalhost\n").decode(errors="replace").splitlines():
-        fields = line.split("#", 1)[0].split()
-        if line.rstrip().endswith(_HOSTS_MARK) or (fields and fields[0] == "127.0.1.1"):
-            continue
-        if (
-            len(fields) > 1
-            and not fields[0].startswith("127.")
-            and fields[0] != "::1"
-            and our_names & set(fields[1:])
-        ):
-            continue
-        kept.append(line)
-    return ("\n".join([*kept, *ours]) + "\n").encode()
-
-
 def apply_edits(disk_path: Path | str, edits: Sequence[GuestEdit]) -> list[str]:
-    """Apply staged edits to the Linux root on ``disk_path``; returns one log line per file changed.
+    """Apply staged edits to the Linux root on ``disk_path``; returns one log line per edit.
 
-    Files whose content is already what the edit asks are left alone, so a re-run after a crash changes
-    nothing and says so.
+    Edits whose result is already on the disk are left alone, so a re-run after a crash changes nothing
+    and says so. Later edits of the same path see the earlier ones (two merges into /etc/hosts compose).
     """
     root = find_linux_root(disk_path)
     if root is None:
         raise GuestFsError(f"{disk_path}: no Linux root filesystem (ext2/3/4 with /etc) found to stage")
+    fs = root.fs
     with image_lock(root.disk_path):
-        if root.fs.needs_recovery():  # read what the guest would see after its journal replays
-            root.fs.replay_journal()
+        if fs.needs_recovery():  # read what the guest would see after its journal replays
+            fs.replay_journal()
         log: list[str] = []
-        pending: list[tuple[str, bytes, int]] = []
+        pending: dict[str, FsOp] = {}
+
+        def exists(path: str) -> bool:
+            if path in pending:
+                return pending[path].kind != "absent"
+            return fs.stat(path) is not None
+
+        def content(path: str) -> bytes | None:
+            if path in pending:
+                return pending[path].data if pending[path].kind == "file" else None
+            return fs.read(path)
+
         for edit in edits:
-            current = root.fs.read(edit.path)
+            if edit.merge == "keep" and exists(edit.path):
+                log.append(f"unchanged {edit.describe()}")
+                continue
+            if edit.kind == "absent":
+                if not exists(edit.path):
+                    log.append(f"unchanged {edit.path} (absent)")
+                    continue
+                pending[edit.path] = FsOp("absent", edit.path)
+                log.append(f"removed {edit.path}")
+                continue
+            if edit.kind == "symlink":
+                inode = None if edit.path in pending else fs.stat(edit.path)
+                if (
+                    inode is not None
+                    and inode.type == "symlink"
+                    and inode.link_target == edit.content.decode()
+                ):
+                    log.append(f"unchanged {edit.describe()}")
+                    continue
+                pending[edit.path] = FsOp("symlink", edit.path, edit.content)
+                log.append(f"linked {edit.describe()}")
+                continue
+            current = content(edit.path)
             wanted = merge_hosts(current, edit.content) if edit.merge == "hosts" else edit.content
-            found = root.fs.resolve(edit.path)
+            found = None if edit.path in pending else fs.resolve(edit.path)
             if (
                 current == wanted
                 and found is not None
@@ -428,9 +321,114 @@ def apply_edits(disk_path: Path | str, edits: Sequence[GuestEdit]) -> list[str]:
             ):
                 log.append(f"unchanged {edit.path}")
                 continue
-            pending.append((edit.path, wanted, edit.mode))
+            pending[edit.path] = FsOp("file", edit.path, wanted, edit.mode)
             log.append(
                 f"{'replaced' if current is not None else 'created'} {edit.path} ({len(wanted)} bytes)"
             )
-        root.fs.write_files(pending)
+        fs.apply(list(pending.values()))
     return [f"{root.device_hint} at offset {root.offset} ({root.fstype}): {line}" for line in log]
+
+
+# ---------------------------------------------------------------- planning on the replica's disks
+
+
+@dataclass(frozen=True)
+class StagingTarget:
+    """What staging must know of the replica's virtual hardware."""
+
+    platform: str  # kvm, esx, hyperv, sim
+    disks: tuple[TargetDisk, ...] = ()  # every replica disk, in the playbook's order
+    boot_disk: int = 0
+    nic_models: tuple[str | None, ...] = ()  # None: the platform's default
+
+    @property
+    def boot_controller(self) -> str:
+        for disk in self.disks:
+            if disk.index == self.boot_disk:
+                return disk.controller
+        return DEFAULT_CONTROLLER.get(self.platform, "virtio")
+
+
+@dataclass
+class StagingPlan:
+    """Edits to apply, findings to report, and one log line per change saying why."""
+
+    edits: list[GuestEdit]
+    findings: list[Finding]
+    log: list[str]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changes(self) -> int:
+        """Files changed, not counting the records of their originals."""
+        return sum(1 for e in self.edits if e.merge != "keep")
+
+
+DiskPath = Path | str | None  # None: a replica disk this machine cannot read (an appliance's device)
+
+
+def _root(disks: Sequence[DiskPath], boot_disk: int) -> RootFs:
+    path = disks[boot_disk] if boot_disk < len(disks) else None
+    root = find_linux_root(path) if path is not None else None
+    if root is None:
+        raise GuestFsError(f"{path}: no Linux root filesystem (ext2/3/4 with /etc) found to stage")
+    if root.fs.needs_recovery():  # plan on what the guest will see once its journal is replayed
+        root.fs.replay_journal()
+    return root
+
+
+def _volumes(disks: Sequence[DiskPath]) -> list[Volume]:
+    readable = {i: d for i, d in enumerate(disks) if d is not None}
+    found = identify_volumes(list(readable.values()))
+    indexes = list(readable)
+    volumes = [Volume(**{**v.__dict__, "disk_index": indexes[v.disk_index]}) for v in found]
+    volumes += [
+        Volume(i, "(not readable from here)", None, 0, None) for i, d in enumerate(disks) if d is None
+    ]
+    return volumes
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    return list(dict.fromkeys(findings))
+
+
+def plan_system_state(disks: Sequence[DiskPath], target: StagingTarget, hostname: str) -> StagingPlan:
+    """Hostname, fstab, drivers and guest tools of the replica whose disks are ``disks``."""
+    root = _root(disks, target.boot_disk)
+    view = GuestView(root.fs)
+    changes = ChangeSet(view)
+    plan_hostname(view, changes, hostname)
+    volumes = _volumes(disks)
+    findings = check_fstab(view, changes, target.disks, volumes)
+    findings += check_initramfs(
+        view, changes, target.platform, target.boot_controller, target.nic_models, volumes
+    )
+    findings += plan_guest_tools(view, changes, target.platform)
+    release = os_release(root)
+    facts = {"os": release.get("PRETTY_NAME", "Linux"), "root": f"{root.device_hint} ({root.fstype})"}
+    return StagingPlan(changes.edits(), _unique(findings), changes.log, facts)
+
+
+def plan_network(
+    disks: Sequence[DiskPath], boot_disk: int, hostname: str, nics: Sequence[NicConfig]
+) -> StagingPlan:
+    """Network configuration, name pinning and /etc/hosts for the replica's NICs."""
+    root = _root(disks, boot_disk)
+    view = GuestView(root.fs)
+    changes = ChangeSet(view)
+    detection, findings = plan_network_config(view, changes, list(nics))
+    address = next((str(n.address.ip) for n in nics if n.address is not None), None)
+    changes.merge_hosts(
+        hosts_lines(view, hostname, address),
+        why=f"{hostname} resolves to {address or '127.0.1.1 only (DHCP)'}",
+    )
+    facts = {"network": detection.manager, "evidence": detection.evidence, "present": list(detection.present)}
+    return StagingPlan(changes.edits(), _unique(findings), changes.log, facts)
+
+
+def revert_staging(disk_path: Path | str) -> list[str]:
+    """Put every file staging changed on this disk back as it was (a kept replica staged anew, say)."""
+    root = find_linux_root(disk_path)
+    if root is None:
+        raise GuestFsError(f"{disk_path}: no Linux root filesystem (ext2/3/4 with /etc) found")
+    return apply_edits(disk_path, revert_edits(GuestView(root.fs)))

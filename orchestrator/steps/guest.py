@@ -2,36 +2,65 @@
 
 The edits are computed once, journaled as the step's output, applied to the replica's boot disk, and
 re-applied after every later sync pass (a pass may carry the source's own copy of a staged file back).
-The source is never edited: only the replica's disk, through its data-plane endpoint.
+The source is never edited: only the replica's disk, through its data-plane endpoint. Every change comes
+with a log line saying why; what an operator must act on comes as findings (critical ones fail the step
+after the edits are on the disk, because a replica that cannot find its root disk must not be cut over to).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
-from orchestrator.guest.linux import GuestEdit, apply_edits, find_linux_root, plan_network_edits
-from orchestrator.steps.base import Step, StepContext
-from orchestrator.steps.common import endpoints, facts, optional_output
+from orchestrator.guest.changes import RECORDS_DIR
+from orchestrator.guest.findings import Finding
+from orchestrator.guest.fstab import DEFAULT_CONTROLLER, TargetDisk
+from orchestrator.guest.linux import (
+    GuestEdit,
+    NicConfig,
+    StagingPlan,
+    StagingTarget,
+    apply_edits,
+    find_linux_root,
+    plan_network,
+    plan_system_state,
+)
+from orchestrator.mirror.outside_edits import edited_outside_the_mirror
+from orchestrator.steps.base import Step, StepContext, StepFailed
+from orchestrator.steps.common import endpoints, facts, optional_output, replica_disks
 from providers.base import SourceFacts
 
 STAGING_KINDS = ("stage_system_state", "remap_nics")
 
 
+def disk_paths(ctx: StepContext) -> list[str | None]:
+    """Local paths of the replica's disks, None for those the data plane cannot reach from here."""
+    return [e.path if e.kind == "file" and e.host == "local" else None for e in endpoints(ctx)]
+
+
 def boot_disk_path(ctx: StepContext) -> str | None:
     """The local path of the replica's boot disk, if the data plane can reach it from here."""
     index = boot_disk_index(ctx)
-    eps = endpoints(ctx)
-    if index >= len(eps) or eps[index].kind != "file" or eps[index].host != "local":
-        return None
-    return eps[index].path
+    paths = disk_paths(ctx)
+    return paths[index] if index < len(paths) else None
 
 
 def _apply(ctx: StepContext, edits: list[dict[str, Any]]) -> list[str]:
     path = boot_disk_path(ctx)
     if not edits or path is None:
         return []
-    return apply_edits(path, [GuestEdit.from_json(e) for e in edits])
+    with edited_outside_the_mirror(path):  # the next pass restores what this changed; staging then reapplies
+        return apply_edits(path, [GuestEdit.from_json(e) for e in edits])
+
+
+def _plan_and_apply(ctx: StepContext, planner: Callable[[], StagingPlan]) -> tuple[StagingPlan, list[str]]:
+    """Plan and apply as one edit outside the mirror: planning may already replay the filesystem's journal."""
+    path = boot_disk_path(ctx)
+    assert path is not None  # callers checked with _linux_root_or_warn
+    with edited_outside_the_mirror(path):
+        plan = planner()
+        return plan, apply_edits(path, plan.edits)
 
 
 def _staged(ctx: StepContext) -> list[list[dict[str, Any]]]:
@@ -66,22 +95,82 @@ def _linux_root_or_warn(ctx: StepContext, source: SourceFacts, what: str) -> boo
     return True
 
 
+def platform_of(ctx: StepContext) -> str:
+    """kvm, esx, hyperv or sim: the kind of hypervisor the replica will run on."""
+    return ctx.playbook.providers[ctx.server.target.provider].type
+
+
+def staging_target(ctx: StepContext) -> StagingTarget:
+    target = ctx.server.target
+    platform = platform_of(ctx)
+    default = DEFAULT_CONTROLLER.get(platform, "virtio")
+    if platform == "hyperv" and (target.generation == 1 or (target.generation is None and _bios(ctx))):
+        default = "ide"  # a generation 1 VM boots from its IDE controller
+    disks = tuple(
+        TargetDisk(
+            index,
+            (target.disks[index].controller if index < len(target.disks) else None) or default,
+            source,
+        )
+        for index, (source, _) in enumerate(replica_disks(ctx))
+    )
+    return StagingTarget(platform, disks, boot_disk_index(ctx), tuple(n.type for n in target.nics))
+
+
+def _bios(ctx: StepContext) -> bool:
+    firmware = ctx.server.target.firmware
+    return (facts(ctx).firmware if firmware == "auto" else firmware) == "bios"
+
+
+def _report(ctx: StepContext, plan: StagingPlan, applied: list[str], what: str) -> dict[str, Any]:
+    """Journal-ready output; findings and a one-line summary as events."""
+    for item in plan.findings:
+        ctx.event(
+            f"{item.rule_id}: {item.message}" + (f" (fix: {item.fix})" if item.fix else ""),
+            level=item.severity,
+        )
+    counts = {s: sum(1 for f in plan.findings if f.severity == s) for s in ("critical", "warning", "info")}
+    written = sum(1 for line in applied if ": unchanged " not in line and RECORDS_DIR not in line)
+    summary = (
+        f"{what}: {plan.changes} file(s) staged, {written} written now (originals kept in {RECORDS_DIR})"
+    )
+    summary += "".join(f"; {k}: {v}" for k, v in plan.facts.items() if isinstance(v, str))
+    if any(counts.values()):
+        summary += "; findings: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    ctx.event(summary, level="critical" if counts["critical"] else "info")
+    return {
+        "edits": [e.to_json() for e in plan.edits],
+        "log": plan.log,
+        "applied": applied,
+        "findings": [f.to_json() for f in plan.findings],
+        "facts": plan.facts,
+    }
+
+
+def _fail_on_critical(findings: list[Finding]) -> None:
+    critical = [f for f in findings if f.severity == "critical"]
+    if critical:
+        raise StepFailed(
+            "; ".join(f"{f.rule_id}: {f.message}" + (f"; fix: {f.fix}" if f.fix else "") for f in critical)
+        )
+
+
 class StageSystemState(Step):
     kind = "stage_system_state"
     retryable = True
-    description = "stage the system state on the replica: hostname, and what the new hardware needs"
+    description = "stage the system state on the replica: hostname, fstab, drivers, guest tools"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         source = facts(ctx)
         target = ctx.server.target
         hostname = target.hostname or (source.hostname if target.keep_hostname else ctx.server.name)
         if not _linux_root_or_warn(ctx, source, "system state"):
-            return {"edits": [], "hostname": hostname}
-        edits = [GuestEdit("/etc/hostname", hostname + "\n").to_json()]
-        log = _apply(ctx, edits)
-        for line in log:
-            ctx.event(line)
-        return {"edits": edits, "hostname": hostname, "log": log}
+            return {"edits": [], "hostname": hostname, "log": [], "findings": []}
+        target = staging_target(ctx)
+        plan, applied = _plan_and_apply(ctx, lambda: plan_system_state(disk_paths(ctx), target, hostname))
+        output = {**_report(ctx, plan, applied, f"system state of {hostname}"), "hostname": hostname}
+        _fail_on_critical(plan.findings)
+        return output
 
     def undo(self, ctx: StepContext) -> None:
         """Edits live on the replica disk, which create_disks' undo removes."""
@@ -127,9 +216,25 @@ def nic_plan(ctx: StepContext, source: SourceFacts) -> list[dict[str, Any]]:
                 "model": nic.type,
                 "vlan": nic.vlan,
                 "source_mac": src.mac if src else nic.source_mac,
+                "source_name": src.name if src else None,
             }
         )
     return plan
+
+
+def nic_configs(nics: list[dict[str, Any]]) -> list[NicConfig]:
+    return [
+        NicConfig(
+            n["index"],
+            n["mac"],
+            n["ip"],
+            n["gateway"],
+            tuple(n["dns"]),
+            source_name=n.get("source_name"),
+            source_mac=n.get("source_mac"),
+        )
+        for n in nics
+    ]
 
 
 class RemapNics(Step):
@@ -144,11 +249,13 @@ class RemapNics(Step):
         hostname = stage.get("hostname") or source.hostname
         if not nics or not _linux_root_or_warn(ctx, source, "network configuration"):
             return {"nics": nics, "edits": []}
-        planned = plan_network_edits(hostname, [(n["mac"], n["ip"], n["gateway"], n["dns"]) for n in nics])
-        edits = [e.to_json() for e in planned]
-        for line in _apply(ctx, edits):
-            ctx.event(line)
-        return {"nics": nics, "edits": edits}
+        configs = nic_configs(nics)
+        plan, applied = _plan_and_apply(
+            ctx, lambda: plan_network(disk_paths(ctx), boot_disk_index(ctx), hostname, configs)
+        )
+        output = {**_report(ctx, plan, applied, f"network of {hostname}"), "nics": nics}
+        _fail_on_critical(plan.findings)
+        return output
 
     def undo(self, ctx: StepContext) -> None:
         """Edits live on the replica disk, which create_disks' undo removes."""

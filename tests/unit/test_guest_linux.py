@@ -408,3 +408,51 @@ def test_concurrent_stagers_on_one_disk_do_not_corrupt_it(disk: Path) -> None:
         ]
     clean, output = check_clean(root.fs)
     assert clean, output
+
+
+def test_symlink_removal_and_keep_edits_apply_once_and_round_trip(disk: Path, tmp_path: Path) -> None:
+    edits = [
+        GuestEdit("/var/lib/hvmigrate/original/etc/motd", b"original\n", 0o640, merge="keep"),
+        GuestEdit("/etc/systemd/system/vmtoolsd.service", "/dev/null", kind="symlink"),
+        GuestEdit("/etc/network/interfaces.d/README", kind="absent"),
+        GuestEdit("/etc/not-there", kind="absent"),
+    ]
+    restored = [GuestEdit.from_json(e) for e in json.loads(json.dumps([e.to_json() for e in edits]))]
+    assert restored == edits
+    log = apply_edits(disk, restored)
+    assert [line.split(": ", 1)[1] for line in log] == [
+        "created /var/lib/hvmigrate/original/etc/motd (9 bytes)",
+        "linked /etc/systemd/system/vmtoolsd.service -> /dev/null",
+        "removed /etc/network/interfaces.d/README",
+        "unchanged /etc/not-there (absent)",
+    ]
+    root = find_linux_root(disk)
+    assert root is not None
+    link = root.fs.stat("/etc/systemd/system/vmtoolsd.service")
+    assert link is not None and (link.type, link.link_target) == ("symlink", "/dev/null")
+    assert root.fs.stat("/etc/network/interfaces.d/README") is None
+    keep = [GuestEdit("/var/lib/hvmigrate/original/etc/motd", b"second\n", merge="keep")]
+    assert apply_edits(disk, keep)[0].endswith("unchanged /var/lib/hvmigrate/original/etc/motd")
+    assert read_file(root, "/var/lib/hvmigrate/original/etc/motd") == b"original\n"  # never overwritten
+    assert all(": unchanged " in line for line in apply_edits(disk, restored))
+    local = tmp_path / "hostname.copy"
+    assert root.fs.dump("/etc/hostname", local) == 6 and local.read_bytes() == b"app01\n"
+    clean, output = check_clean(root.fs)
+    assert clean, output
+
+
+def test_two_edits_of_one_file_in_one_batch_compose(disk: Path) -> None:
+    log = apply_edits(
+        disk,
+        [
+            GuestEdit("/etc/hosts", "10.9.9.9\tfirst\t# hvmigrate\n", merge="hosts"),
+            GuestEdit("/etc/hosts", "10.9.9.8\tsecond\t# hvmigrate\n", merge="hosts"),
+            GuestEdit("/etc/motd", b"one\n"),
+            GuestEdit("/etc/motd", b"two\n"),
+        ],
+    )
+    assert len(log) == 4
+    root = find_linux_root(disk)
+    assert root is not None and read_file(root, "/etc/motd") == b"two\n"
+    hosts = (read_file(root, "/etc/hosts") or b"").decode()
+    assert "10.9.9.8\tsecond" in hosts and "first" not in hosts and "localhost" in hosts
