@@ -13,8 +13,9 @@ After the handshake (protocol.py) the orchestrator sends REQUESTs:
   (/etc/os-release), hostname, firmware (UEFI iff /sys/firmware/efi exists);
 * ``read``: open a block device or file read-only, receive the target's block map, stream every chunk in
   order as SAME, ZERO (markers only) or DATA (compressed when it pays), then END;
-* ``write``: open the target (a raw file or block device) with its block map beside it, send the map, then
-  apply what arrives through TargetWriter and acknowledge what is durable.
+* ``write``: open the target (a raw file, a block device, or an NBD export by URI, its map then at the
+  request's map_path) with its block map beside it, send the map, then apply what arrives through
+  TargetWriter and acknowledge what is durable.
 
 A read or write request is one pass; the agent exits after it. Everything it prints for humans goes to
 stderr: stdout carries frames only.
@@ -41,8 +42,8 @@ from orchestrator import __version__ as AGENT_VERSION
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.blockmap import ABSENT, DATA, ZERO
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
-from orchestrator.mirror.file_reader import FileDiskReader, HoleIndex
-from orchestrator.mirror.hashing import DIGEST_SIZE, chunk_hasher, zero_block
+from orchestrator.mirror.file_reader import FileDiskReader, ReadAhead
+from orchestrator.mirror.hashing import DIGEST_SIZE, aligned_buffer, chunk_hasher, is_zero
 from orchestrator.mirror.writer import TargetWriter
 
 DONE_THIS_PASS = 0x80  # MAP state flag: the open (resumed) pass already wrote or confirmed this chunk
@@ -99,7 +100,7 @@ class Agent:
             op = request.pop("op", None)
             try:
                 if op == "discover":
-                    channel.send_json(wire.RESULT, discover())
+                    channel.send_json(wire.RESULT, discover(request.get("paths")))
                     continue
                 if op == "read":
                     ReaderRole(channel, **request).run()
@@ -157,11 +158,50 @@ class _Runs:
             self._digests = bytearray()
 
 
+class _Effort:
+    """The compression level of the next chunk: the configured one while the stream is what limits the
+    pass, less while the stream waits for the compressors.
+
+    Compressing pays only where bytes cost more than cycles. Over a WAN the sender finds each chunk
+    compressed with more queued behind it, and the level stays at (or climbs back to) the configured one.
+    Over a fast link (a LAN, SSH to a neighbour, a local pipe) the sender would wait for zstd level 3
+    (130-200 MB/s a core on log-like text, measured), so the level steps down, to 1 at the lowest: on
+    such data the same ratio at twice the speed. Incompressible chunks go raw anyway (the sample test).
+    """
+
+    DOWN_AFTER = 2  # consecutive chunks the sender had to wait for
+    UP_AFTER = 8  # consecutive chunks found ready with a backlog behind them
+
+    def __init__(self, compressor: wire.ChunkCompressor) -> None:
+        self.ceiling = compressor.level
+        self.floor = compressor.min_level
+        self.level = self.ceiling
+        self._waited = 0
+        self._ready = 0
+
+    def observe(self, waited: bool, backlog: int) -> None:
+        if waited:
+            self._ready = 0
+            self._waited += 1
+            if self._waited >= self.DOWN_AFTER and self.level > self.floor:
+                self.level -= 1
+                self._waited = 0
+        elif backlog >= 2:
+            self._waited = 0
+            self._ready += 1
+            if self._ready >= self.UP_AFTER and self.level < self.ceiling:
+                self.level += 1
+                self._ready = 0
+        else:  # the reader is the slowest part: the level changes nothing
+            self._waited = self._ready = 0
+
+
 class _Outbox:
     """Frames leave in disk order from one sender thread while a pool compresses the DATA chunks.
 
     Reading and hashing (the calling thread), compression (the pool) and writing to the stream (the
-    sender) overlap; the buffer pool bounds how far the reader runs ahead.
+    sender) overlap; the buffer pool bounds how far the reader runs ahead, and ``_Effort`` how much
+    compression may slow the stream.
     """
 
     def __init__(
@@ -175,16 +215,22 @@ class _Outbox:
         self.error: BaseException | None = None
         self.payload_bytes = 0
         self.raw_chunks = 0
+        self.effort = _Effort(compressor)
         self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
         self._thread.start()
 
     def frame(self, frame_type: int, parts: list) -> None:
         self._items.put((frame_type, parts, None, None))
 
-    def chunk(self, index: int, digest: bytes, buffer: bytearray, length: int) -> None:
-        view = memoryview(buffer)[:length]
-        job = self._pool.submit(self._compressor.compress, view)
-        self._items.put((wire.DATA, wire.DATA_PREFIX.pack(index, digest), job, buffer))
+    def chunk(self, index: int, digest: bytes, buffer: memoryview, length: int) -> None:
+        prefix = wire.DATA_PREFIX.pack(index, digest)
+        job = self._pool.submit(self._pack, prefix, buffer[:length], self.effort.level)
+        self._items.put((wire.DATA, prefix, job, buffer))
+
+    def _pack(self, prefix: bytes, view: memoryview, level: int) -> tuple[int, Any, int]:
+        """Compress and checksum one chunk in the pool: the frame CRC (1.6 GB/s) off the sender too."""
+        codec, payload = self._compressor.compress(view, level)
+        return codec, payload, wire.frame_crc(wire.DATA, codec, (prefix, payload))
 
     def _run(self) -> None:
         while True:
@@ -197,8 +243,9 @@ class _Outbox:
                     if job is None:
                         self._channel.send(frame_type, *parts)
                     else:
-                        codec, payload = job.result()
-                        self._channel.send(wire.DATA, parts, payload, flags=codec)
+                        self.effort.observe(not job.done(), self._items.qsize())
+                        codec, payload, crc = job.result()
+                        self._channel.send(wire.DATA, parts, payload, flags=codec, crc=crc)
                         self.payload_bytes += len(payload)
                         self.raw_chunks += codec == wire.RAW
             except BaseException as exc:  # the stream broke, or compression failed: stop sending
@@ -340,33 +387,56 @@ class ReaderRole:
             received += n
         return states, digests, bool(head["resuming"])
 
-    def _chunks(self, control: _Control) -> Iterator[tuple[int, int, int]]:
-        for index in range(-(-self.size // self.chunk_size)):
-            if control.cancelled.is_set():
-                raise MirrorCancelled(
-                    f"the reader on {wire.this_host()} was told to stop at offset {index * self.chunk_size}"
-                )
-            offset = index * self.chunk_size
-            yield index, offset, min(self.chunk_size, self.size - offset)
+    def _planned(
+        self, ahead: ReadAhead, control: _Control
+    ) -> Iterator[tuple[int, int, int, int, Any, int, OSError | None]]:
+        """(kind, index, offset, length, buffer, bytes read, read error) per chunk, in disk order, from
+        the read-ahead thread's runs; a cancellation stops it at the next chunk boundary."""
+        chunk = self.chunk_size
+        for kind, first, count, buffer, got, error in ahead:
+            for index in range(first, first + count):
+                if control.cancelled.is_set():
+                    raise MirrorCancelled(
+                        f"the reader on {wire.this_host()} was told to stop at offset {index * chunk}"
+                    )
+                offset = index * chunk
+                yield kind, index, offset, min(chunk, self.size - offset), buffer, got, error
 
-    def _read(self, reader: FileDiskReader, buffer: bytearray, offset: int, length: int) -> memoryview:
-        view = memoryview(buffer)[:length]
-        try:
-            got = reader.read_into(offset, view)
-        except OSError as exc:
+    def _read_ahead(self, reader: FileDiskReader, buffers: queue.Queue, wanted: Any) -> ReadAhead:
+        def take(timeout: float) -> memoryview | None:
+            try:
+                return buffers.get(timeout=timeout)
+            except queue.Empty:
+                return None
+
+        return ReadAhead(
+            reader,
+            chunk_size=self.chunk_size,
+            size=self.size,
+            wanted=wanted,
+            take_buffer=take,
+            give_back=buffers.put,
+            depth=buffers.qsize(),
+        )
+
+    def _received(
+        self, buffer: memoryview, offset: int, length: int, got: int, error: OSError | None
+    ) -> memoryview:
+        """The chunk the read-ahead thread read, or the error its read met, with the offset."""
+        if error is not None:
             raise MirrorError(
                 f"cannot read the source disk {self.path} on {wire.this_host()} at offset {offset}: "
-                f"{exc.strerror or exc}; check the source disk, then run again (the mirror resumes where "
-                "it stopped)",
+                f"{error.strerror or error}; check the source disk, then run again (the mirror resumes "
+                "where it stopped)",
                 retryable=True,
-            ) from None
+            )
         self.stats["bytes_read"] += got
         if got != length:
             raise MirrorError(
                 f"the source disk {self.path} ended at offset {offset + got}, expected {self.size} bytes: "
                 "did it shrink? Re-discover the source and plan again"
             )
-        return view
+        return buffer[:length]
 
     def _send(
         self,
@@ -380,35 +450,38 @@ class ReaderRole:
         depth = max(2, min(8, READ_BUFFER_BUDGET // self.chunk_size))
         buffers: queue.Queue = queue.Queue()
         for _ in range(depth):
-            buffers.put(bytearray(self.chunk_size))
+            buffers.put(aligned_buffer(self.chunk_size))
         outbox = _Outbox(self.channel, self.compressor, self.workers, buffers)
         runs = _Runs(outbox.frame)
-        holes = HoleIndex(reader.allocated_ranges(), self.chunk_size)
+
+        def wanted(index: int) -> bool:  # not copied already by the pass this one resumes
+            code = states[index]
+            return not (resuming and code & STATE_MASK != ABSENT and code & DONE_THIS_PASS)
+
+        ahead = self._read_ahead(reader, buffers, wanted)
         whole = hasher.disk()
         try:
-            for index, offset, length in self._chunks(control):
+            for kind, index, offset, length, buffer, got, error in self._planned(ahead, control):
                 if outbox.error is not None:
                     break
-                code = states[index]
-                state = code & STATE_MASK
+                state = states[index] & STATE_MASK
                 known = bytes(digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
-                if resuming and state != ABSENT and code & DONE_THIS_PASS:
+                if kind == ReadAhead.SKIP:
                     stats["resumed_bytes_skipped"] += length
                     whole.update(hasher.zero(length) if state == ZERO else known)
                     continue
-                if holes.is_hole(index):
+                if kind == ReadAhead.HOLE:
                     whole.update(hasher.zero(length))
                     stats["zero_bytes_skipped"] += length
                     if state != ZERO:
                         runs.add(wire.ZERO, index)
                     continue
-                buffer = buffers.get()
-                data = self._read(reader, buffer, offset, length)
-                if length == len(buffer):
-                    is_zero = buffer == zero_block(length)
-                else:
-                    is_zero = data.tobytes() == zero_block(length)
-                if is_zero:
+                try:
+                    data = self._received(buffer, offset, length, got, error)
+                except BaseException:
+                    buffers.put(buffer)
+                    raise
+                if is_zero(data):
                     buffers.put(buffer)
                     digest = hasher.zero(length)
                     stats["zero_bytes_skipped"] += length
@@ -427,6 +500,7 @@ class ReaderRole:
                 whole.update(digest)
             runs.flush()
         finally:
+            ahead.stop()
             outbox.close()
         self.channel.send_json(
             wire.END,
@@ -442,23 +516,26 @@ class ReaderRole:
     def _verify(self, reader: FileDiskReader, control: _Control) -> None:
         hasher = self.hasher
         runs = _Runs(lambda frame_type, parts: self.channel.send(frame_type, *parts))
-        holes = HoleIndex(reader.allocated_ranges(), self.chunk_size)
+        buffers: queue.Queue = queue.Queue()
+        for _ in range(max(2, min(4, READ_BUFFER_BUDGET // self.chunk_size))):
+            buffers.put(aligned_buffer(self.chunk_size))
+        ahead = self._read_ahead(reader, buffers, lambda index: True)
         whole = hasher.disk()
-        buffer = bytearray(self.chunk_size)
-        for index, offset, length in self._chunks(control):
-            if holes.is_hole(index):
-                digest = hasher.zero(length)
-            else:
-                data = self._read(reader, buffer, offset, length)
-                zero = (
-                    data.tobytes() == zero_block(length)
-                    if length != len(buffer)
-                    else buffer == zero_block(length)
-                )
-                digest = hasher.zero(length) if zero else hasher.digest(data)
-            whole.update(digest)
-            runs.add(wire.HASHES, index, digest)
-        runs.flush()
+        try:
+            for kind, index, offset, length, buffer, got, error in self._planned(ahead, control):
+                if kind == ReadAhead.HOLE:
+                    digest = hasher.zero(length)
+                else:
+                    try:
+                        data = self._received(buffer, offset, length, got, error)
+                        digest = hasher.zero(length) if is_zero(data) else hasher.digest(data)
+                    finally:
+                        buffers.put(buffer)
+                whole.update(digest)
+                runs.add(wire.HASHES, index, digest)
+            runs.flush()
+        finally:
+            ahead.stop()
         self.channel.send_json(wire.END, {**self.stats, "digest": whole.hexdigest()})
 
 
@@ -502,7 +579,7 @@ class WriterRole:
                 "system that survives a reboot to keep its block map in"
             )
         self.writer = TargetWriter(
-            self.path,
+            path,  # a file, a block device or an NBD URI (which Path() would fold: "nbd:/...")
             size=size,
             chunk_size=chunk_size,
             source_identity=identity,
@@ -698,7 +775,8 @@ def _run(argv: list[str]) -> str | None:
     return done.stdout.decode(errors="replace") if done.returncode == 0 else None
 
 
-def _lsblk() -> list[dict[str, Any]] | None:
+def _lsblk(device: str | None = None) -> list[dict[str, Any]] | None:
+    """The block device tree (of one ``device`` when given); None without a usable lsblk."""
     import json
 
     # MOUNTPOINTS (all mounts of a device) needs util-linux 2.37; MOUNTPOINT works everywhere
@@ -706,7 +784,7 @@ def _lsblk() -> list[dict[str, Any]] | None:
         "NAME,KNAME,PATH,SIZE,TYPE,FSTYPE,MOUNTPOINTS,PTTYPE,RO,RM,MODEL",
         "NAME,KNAME,SIZE,TYPE,FSTYPE,MOUNTPOINT,PTTYPE,RO,RM,MODEL",
     ):
-        out = _run(["lsblk", "-J", "-b", "-o", columns])
+        out = _run(["lsblk", "-J", "-b", "-o", columns] + ([device] if device else []))
         if out:
             try:
                 return json.loads(out).get("blockdevices") or []
@@ -878,8 +956,189 @@ def _os_release() -> dict[str, str]:
     return {}
 
 
-def discover() -> dict[str, Any]:
-    """What this machine is: the facts the planner needs to size and stage its replica."""
+def _mountinfo() -> dict[str, list[str]]:
+    """``major:minor`` of each mounted device and where it is mounted (what lsblk reads, without lsblk)."""
+    import re
+
+    mounts: dict[str, list[str]] = {}
+    try:
+        with open("/proc/self/mountinfo") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4:  # octal escapes: a space in a mountpoint is \040
+            target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            mounts.setdefault(fields[2], []).append(target)
+    return mounts
+
+
+def _blkid(path: str, offset: int | None = None) -> dict[str, str]:
+    """What a low-level probe finds at ``path`` (PTTYPE, TYPE); works on files and without udev."""
+    argv = ["blkid", "-p", "-o", "export"] + (["-O", str(offset)] if offset else []) + [path]
+    values = {}
+    for line in (_run(argv) or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _probe_tree(node: dict[str, Any]) -> None:
+    """Fill in what lsblk leaves empty where udev is not running (containers, rescue systems)."""
+    if not node.get("fstype") and not node.get("pttype"):
+        found = _blkid(_device_path(node))
+        node["fstype"] = found.get("TYPE")
+        node["pttype"] = found.get("PTTYPE")
+    for child in node.get("children") or []:
+        _probe_tree(child)
+
+
+def _filesystem_mounts(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every device in a tree (the disk, its partitions, LVs, loop devices) that is mounted, and where."""
+    found = []
+    mounts = _mounts(node)
+    if mounts:
+        found.append({"device": _device_path(node), "fstype": node.get("fstype"), "mountpoints": mounts})
+    for child in node.get("children") or []:
+        found.extend(_filesystem_mounts(child))
+    return found
+
+
+def _loops_backed_by(real_path: str) -> list[str]:
+    """Loop devices whose backing file is ``real_path`` (a file disk mounted through losetup)."""
+    found = []
+    root = Path("/sys/block")
+    for entry in sorted(root.glob("loop*")) if root.is_dir() else []:
+        try:
+            backing = (entry / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing == real_path:
+            found.append("/dev/" + entry.name)
+    return found
+
+
+def _file_partitions(path: str) -> list[dict[str, Any]]:
+    """Partitions of a disk held in a regular file: partx reads the table, blkid probes each one."""
+    partitions = []
+    for line in (_run(["partx", "-g", "-b", "-o", "NR,START,SIZE", path]) or "").splitlines()[:128]:
+        fields = line.split()
+        if len(fields) != 3 or not all(field.isdigit() for field in fields):
+            continue
+        number, start, size = (int(field) for field in fields)
+        offset = start * 512  # partx counts 512-byte sectors whatever the logical sector size
+        partitions.append(
+            {
+                "name": f"{path}#{number}",
+                "offset": offset,
+                "size": size,
+                "type": "part",
+                "fstype": _blkid(path, offset).get("TYPE"),
+                "mountpoints": [],
+                "used": None,
+                "children": [],
+            }
+        )
+    return partitions
+
+
+def _device_size(path: str, device: int) -> int:
+    """A block device's size: seeking to its end needs read access, sysfs does not."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        try:
+            sectors = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/size").read_text()
+            return int(sectors) * 512
+        except (OSError, ValueError):
+            return 0
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _path_disk(path: str) -> dict[str, Any]:
+    """One disk the playbook names, described whether or not lsblk lists it as a disk.
+
+    Never opened for writing; a regular file is not even opened (stat and read-only probes).
+    """
+    import stat
+
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        return {"name": path, "error": "does not exist" if missing else exc.strerror or str(exc)}
+    block, regular = stat.S_ISBLK(info.st_mode), stat.S_ISREG(info.st_mode)
+    if not (block or regular):
+        return {"name": path, "error": "is neither a block device nor a regular file"}
+    real = os.path.realpath(path)
+    entry: dict[str, Any] = {
+        "name": path,
+        "realpath": real,
+        "block": block,
+        "readable": os.access(path, os.R_OK),
+        "loop_devices": [],
+    }
+    if block:
+        size = _device_size(path, info.st_rdev)
+        nodes = _lsblk(real)
+        node = nodes[0] if nodes else None
+        if node is None:  # no lsblk: what the device itself is, from a probe and mountinfo
+            found = _blkid(path)
+            node = {
+                "path": real,
+                "size": size,
+                "fstype": found.get("TYPE"),
+                "pttype": found.get("PTTYPE"),
+                "mountpoints": _mountinfo().get(f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}", []),
+            }
+        else:
+            _probe_tree(node)
+        used, exact = _used({**node, "size": size})
+        tree = [node]
+        partitions = [_partition_entry(child) for child in node.get("children") or []]
+        pttype, mountpoints = node.get("pttype"), _mounts(node)
+        filesystems = _filesystems(node)
+    else:
+        size = info.st_size
+        used, exact = min(info.st_blocks * 512, size), False  # allocated: an upper bound of the data
+        found = _blkid(path)
+        pttype = found.get("PTTYPE")
+        partitions = _file_partitions(path) if pttype else []
+        filesystems = [found["TYPE"]] if found.get("TYPE") else []
+        filesystems.extend(p["fstype"] for p in partitions if p["fstype"] and p["fstype"] not in filesystems)
+        entry["loop_devices"] = _loops_backed_by(real)  # a file disk mounted through losetup
+        tree = [node for loop in entry["loop_devices"] for node in _lsblk(loop) or []]
+        for node in tree:
+            _probe_tree(node)
+            filesystems.extend(fs for fs in _filesystems(node) if fs not in filesystems)
+        mountpoints = []
+    entry.update(
+        {
+            "size": size,
+            "used": used,
+            "used_exact": exact,
+            "partition_table": {"gpt": "gpt", "dos": "mbr"}.get(pttype or "", "none"),
+            "filesystems": filesystems,
+            "mountpoints": mountpoints,
+            "partitions": partitions,
+            "filesystem_mounts": [mount for node in tree for mount in _filesystem_mounts(node)],
+        }
+    )
+    return entry
+
+
+def discover(paths: list[str] | None = None) -> dict[str, Any]:
+    """What this machine is: the facts the planner needs to size and stage its replica.
+
+    ``paths`` are the disks the playbook names; each is described under ``paths`` whether lsblk lists
+    it or not (an LV, a loop device, a regular file standing in for a disk), with the mountpoints of the
+    filesystems on it, because quiescing at cutover must know exactly what to freeze.
+    """
     release = _os_release()
     system = platform.system().lower()
     detail = release.get("PRETTY_NAME") or f"{platform.system()} {platform.release()}"
@@ -896,6 +1155,7 @@ def discover() -> dict[str, Any]:
         "nics": _nics() if system == "linux" else [],
         "python": platform.python_version(),
         "agent_version": AGENT_VERSION,
+        "paths": [_path_disk(path) for path in paths or ()],
     }
 
 

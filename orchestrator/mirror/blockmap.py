@@ -331,6 +331,32 @@ class BlockMap:
             log.warning("block map %s: %d damaged records will be copied again", path, blockmap.damaged)
         return blockmap
 
+    @classmethod
+    def existing(cls, path: Path) -> BlockMap | None:
+        """The map at ``path`` as it is, for a change outside the mirror (see ``forget``); None when
+        there is none the mirror would reuse (no file, not a map, truncated)."""
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(len(MAGIC)) != MAGIC:
+                    return None
+            return cls._load(path)
+        except (OSError, MirrorError):
+            return None
+
+    def forget(self, indices: Iterable[int]) -> int:
+        """Mark chunks absent, durably, so the next pass sends them again: their target bytes were
+        changed by something other than the mirror (staging edits a replica's boot disk in place).
+        Hot extents are left as they are. Returns how many records changed."""
+        changed = sorted({i for i in indices if 0 <= i < self.chunk_count and self._states[i] != ABSENT})
+        for index in changed:
+            self._states[index] = ABSENT
+            self._passes[index] = 0
+            self._digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE] = _NO_DIGEST
+            self._write_records(index, index + 1)
+        if changed:
+            os.fdatasync(self._fd)
+        return len(changed)
+
     def _resolve_hot_extents(self, seed_zero: Callable[[], Iterable[int]]) -> None:
         """Distrust every record of a hot extent that the open pass did not write itself (see module doc).
 

@@ -1,8 +1,9 @@
 """One mirror pass of one disk: the reader side, and the glue to a local writer side.
 
 The reader side walks the source chunk by chunk: it skips holes the source reports without reading them,
-reads everything else into one reused buffer, recognises zero chunks at memcmp speed, hashes the rest with
-xxh3_128 and decides from the writer's block map snapshot what to send. The writer side (writer.py) only
+reads everything else on a read-ahead thread (file_reader.ReadAhead) into a few reused page-aligned
+buffers, recognises zero chunks at memcmp speed, hashes the rest with xxh3_128 while the next one is read,
+and decides from the writer's block map snapshot what to send. The writer side (writer.py) only
 receives (offset, data-or-zero, digest) messages and owns the map, so splitting the two across a wire later
 changes the transport, not the decisions.
 
@@ -17,6 +18,7 @@ Modes:
 from __future__ import annotations
 
 import contextlib
+import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,13 +29,14 @@ from providers.base import DiskReader
 
 from .blockmap import ABSENT, DATA, ZERO, MapSnapshot
 from .errors import MirrorCancelled, MirrorError
-from .file_reader import HoleIndex
-from .hashing import DiskDigest, chunk_digest, zero_block, zero_digest
+from .file_reader import ReadAhead
+from .hashing import DiskDigest, aligned_buffer, chunk_digest, is_zero, zero_digest
 from .local_channel import ThreadedWriter
 from .throttle import Throttle
 from .writer import DEFAULT_FLUSH_BYTES, DEFAULT_FLUSH_SECONDS, TargetWriter
 
 Mode = Literal["full", "incremental", "verify"]
+VERIFY_BUFFERS = 3  # source chunks read ahead of the one being compared
 MODES = ("full", "incremental", "verify")
 
 
@@ -149,22 +152,38 @@ class _ReaderSide:
         self.throttle = throttle
         self.chunk_size = snapshot.chunk_size
         self.size = reader.size
-        self._read_into: Callable[[int, memoryview], int] | None = getattr(reader, "read_into", None)
 
-    def chunks(
-        self, progress: Callable[[int, int], None] | None, cancelled: Callable[[], bool] | None
-    ) -> Iterator[tuple[int, int, int]]:
-        """(index, offset, length) in disk order, checking cancellation at every chunk boundary."""
-        for index in range(self.snapshot.chunk_count):
-            if cancelled is not None and cancelled():
-                raise MirrorCancelled(
-                    f"mirror cancelled at offset {index * self.chunk_size}; run again to resume from there"
-                )
-            offset = index * self.chunk_size
-            length = min(self.chunk_size, self.size - offset)
-            yield index, offset, length
-            if progress is not None:
-                progress(offset + length, self.size)
+    def planned(
+        self,
+        ahead: ReadAhead,
+        progress: Callable[[int, int], None] | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> Iterator[tuple[int, int, int, int, Any, int, OSError | None]]:
+        """(kind, index, offset, length, buffer, bytes read, read error) per chunk in disk order, from the
+        read-ahead thread; cancellation is checked at every chunk boundary, progress reported after it."""
+        for kind, first, count, buffer, got, error in ahead:
+            for index in range(first, first + count):
+                offset = index * self.chunk_size
+                if cancelled is not None and cancelled():
+                    raise MirrorCancelled(
+                        f"mirror cancelled at offset {offset}; run again to resume from there"
+                    )
+                length = min(self.chunk_size, self.size - offset)
+                yield kind, index, offset, length, buffer, got, error
+                if progress is not None:
+                    progress(offset + length, self.size)
+
+    def read_ahead(
+        self, take: Callable[[float], Any], give_back: Callable[[Any], None], wanted: Callable[[int], bool]
+    ) -> ReadAhead:
+        return ReadAhead(
+            self.reader,
+            chunk_size=self.chunk_size,
+            size=self.size,
+            wanted=wanted,
+            take_buffer=take,
+            give_back=give_back,
+        )
 
     def send_to(
         self,
@@ -175,47 +194,53 @@ class _ReaderSide:
     ) -> None:
         snap, stats = self.snapshot, self.stats
         resuming = snap.resuming and mode == "full"
-        holes = HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
+
+        def wanted(index: int) -> bool:  # not copied already by the pass this one resumes
+            return not (resuming and snap.states[index] != ABSENT and snap.passes[index] == snap.pass_number)
+
+        ahead = self.read_ahead(channel.try_borrow, channel.give_back, wanted)
         whole = DiskDigest()
-        for index, offset, length in self.chunks(progress, cancelled):
-            state = snap.states[index]
-            if resuming and state != ABSENT and snap.passes[index] == snap.pass_number:
-                stats.resumed_bytes_skipped += length
-                whole.update(zero_digest(length) if state == ZERO else snap.digest(index))
-                continue
-            if holes.is_hole(index):
-                whole.update(zero_digest(length))
-                stats.zero_bytes_skipped += length
-                if state != ZERO:
-                    channel.zero(offset, length)
-                continue
-            buffer = channel.borrow()
-            try:
-                data = self._read(buffer, offset, length)
-            except BaseException:
-                channel.give_back(buffer)
-                raise
-            if _is_zero(buffer, data):
-                channel.give_back(buffer)
-                digest = zero_digest(length)
-                stats.zero_bytes_skipped += length
-                if state == ZERO:
-                    channel.confirm(offset, digest)
-                else:
-                    channel.zero(offset, length)
-            else:
-                digest = chunk_digest(data)
-                if state == DATA and snap.digest(index) == digest:
+        try:
+            for kind, index, offset, length, buffer, got, error in self.planned(ahead, progress, cancelled):
+                state = snap.states[index]
+                if kind == ReadAhead.SKIP:
+                    stats.resumed_bytes_skipped += length
+                    whole.update(zero_digest(length) if state == ZERO else snap.digest(index))
+                    continue
+                if kind == ReadAhead.HOLE:
+                    whole.update(zero_digest(length))
+                    stats.zero_bytes_skipped += length
+                    if state != ZERO:
+                        channel.zero(offset, length)
+                    continue
+                try:
+                    data = self._received(buffer, offset, length, got, error)
+                except BaseException:
                     channel.give_back(buffer)
-                    stats.unchanged_bytes_skipped += length
-                    channel.confirm(offset, digest)
+                    raise
+                if is_zero(data):
+                    channel.give_back(buffer)
+                    digest = zero_digest(length)
+                    stats.zero_bytes_skipped += length
+                    if state == ZERO:
+                        channel.confirm(offset, digest)
+                    else:
+                        channel.zero(offset, length)
                 else:
-                    if self.throttle is not None:
-                        self.throttle.acquire(length)
-                    channel.write(offset, buffer, length, digest)
-                    stats.bytes_written += length
-                    stats.chunks_written += 1
-            whole.update(digest)
+                    digest = chunk_digest(data)
+                    if state == DATA and snap.digest(index) == digest:
+                        channel.give_back(buffer)
+                        stats.unchanged_bytes_skipped += length
+                        channel.confirm(offset, digest)
+                    else:
+                        if self.throttle is not None:
+                            self.throttle.acquire(length)
+                        channel.write(offset, buffer, length, digest)
+                        stats.bytes_written += length
+                        stats.chunks_written += 1
+                whole.update(digest)
+        finally:
+            ahead.stop()
         stats.digest = whole.hexdigest()
 
     def verify_against(
@@ -225,51 +250,54 @@ class _ReaderSide:
         cancelled: Callable[[], bool] | None,
     ) -> None:
         stats = self.stats
-        holes = HoleIndex(self.reader.allocated_ranges(), self.chunk_size)
         whole = DiskDigest()
         differing = stats.differing_ranges
-        buffer = bytearray(self.chunk_size)
-        for index, offset, length in self.chunks(progress, cancelled):
-            if holes.is_hole(index):
-                digest = zero_digest(length)
-            else:
-                data = self._read(buffer, offset, length)
-                digest = zero_digest(length) if _is_zero(buffer, data) else chunk_digest(data)
-            whole.update(digest)
-            if not writer.check(offset, length, digest):
-                if differing and differing[-1][0] + differing[-1][1] == offset:
-                    differing[-1] = (differing[-1][0], differing[-1][1] + length)
+        free: queue.Queue = queue.Queue()
+        for _ in range(VERIFY_BUFFERS):
+            free.put(aligned_buffer(self.chunk_size))
+
+        def take(timeout: float) -> memoryview | None:
+            try:
+                return free.get(timeout=timeout)
+            except queue.Empty:
+                return None
+
+        ahead = self.read_ahead(take, free.put, lambda index: True)
+        try:
+            for kind, _index, offset, length, buffer, got, error in self.planned(ahead, progress, cancelled):
+                if kind == ReadAhead.HOLE:
+                    digest = zero_digest(length)
                 else:
-                    differing.append((offset, length))
+                    try:
+                        data = self._received(buffer, offset, length, got, error)
+                        digest = zero_digest(length) if is_zero(data) else chunk_digest(data)
+                    finally:
+                        free.put(buffer)
+                whole.update(digest)
+                if not writer.check(offset, length, digest):
+                    if differing and differing[-1][0] + differing[-1][1] == offset:
+                        differing[-1] = (differing[-1][0], differing[-1][1] + length)
+                    else:
+                        differing.append((offset, length))
+        finally:
+            ahead.stop()
         stats.digest = whole.hexdigest()
 
-    def _read(self, buffer: bytearray, offset: int, length: int) -> memoryview:
-        view = memoryview(buffer)[:length]
-        try:
-            if self._read_into is not None:
-                got = self._read_into(offset, view)
-            else:
-                data = self.reader.read(offset, length)
-                got = len(data)
-                view[:got] = data
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
+    def _received(
+        self, buffer: memoryview, offset: int, length: int, got: int, error: OSError | None
+    ) -> memoryview:
+        """The chunk the read-ahead thread read, or the error its read met, said with the offset."""
+        if error is not None:
+            reason = error.strerror or str(error)
             raise MirrorError(
                 f"cannot read the source disk at offset {offset}: {reason}; check the source "
                 "disk, then run again (the mirror resumes where it stopped)",
                 retryable=True,
-            ) from None
+            )
         self.stats.bytes_read += got
         if got != length:
             raise MirrorError(
                 f"the source disk ended at offset {offset + got}, expected {self.size} bytes: "
                 "did it shrink? Re-discover the source and plan again"
             )
-        return view
-
-
-def _is_zero(buffer: bytearray, data: memoryview) -> bool:
-    # bytearray == bytes is one memcmp; comparing a memoryview would go item by item (100x slower).
-    if len(data) == len(buffer):
-        return buffer == zero_block(len(buffer))
-    return data.tobytes() == zero_block(len(data))
+        return buffer[:length]

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE}
 
@@ -66,6 +70,9 @@ class FileDiskReader:
             raise OSError(exc.errno, f"cannot open source disk {self.path}: {exc.strerror}") from None
         self.size = device_size(self._fd)
         self.identity = self._identity()
+        # A mounted device's own page cache is not updated when its filesystem rewrites a block: a
+        # buffered read would return the version an earlier pass cached. Dropped before each read.
+        self._uncached = stat.S_ISBLK(os.fstat(self._fd).st_mode) and hasattr(os, "posix_fadvise")
 
     def _identity(self) -> str:
         """A string that changes when the file is replaced by another one (not when it is written to or
@@ -85,6 +92,8 @@ class FileDiskReader:
         buffers instead of allocating a bytes object per chunk. (Not named ``readinto``: io's readinto
         takes no offset, and a reader built on io must not be mistaken for one that has this.)"""
         view = memoryview(buf)
+        if self._uncached:
+            os.posix_fadvise(self._fd, offset, len(view), os.POSIX_FADV_DONTNEED)
         done = 0
         while done < len(view):
             got = os.preadv(self._fd, [view[done:]], offset + done)
@@ -135,3 +144,133 @@ class HoleIndex:
         while self._current is not None and self._current[1] < index:
             self._advance()
         return self._current is None or self._current[0] > index
+
+
+class ReadAhead:
+    """Reads the chunks of a pass on a thread of its own, in disk order, while the caller hashes the one
+    before: on a disk-bound source the hashing then hides behind the reads, and on a cached one the two run
+    on two cores (preadv and xxh3 both release the GIL).
+
+    The thread decides alone which chunks to read (it walks the holes itself and asks ``wanted`` about
+    the rest, e.g. chunks a resumed pass already copied), and tells the caller in order, one item per
+    run: ``(HOLE, first, count, None, 0, None)``, ``(SKIP, first, count, None, 0, None)`` or
+    ``(DATA, index, 1, buffer, bytes_read, error)``; an ``OSError`` of a read comes as that item's
+    ``error`` for the caller to report with its offset. Buffers come from ``take_buffer(timeout)`` (None:
+    none free yet), so the buffer pool bounds how far it runs ahead; the caller gives back those it is
+    done with, as before. ``stop()`` ends the thread early and returns the buffers it held.
+    """
+
+    HOLE, SKIP, DATA = 0, 1, 2
+    WAIT = 0.1  # seconds between looks at the stop flag while blocked
+
+    def __init__(
+        self,
+        reader: Any,
+        *,
+        chunk_size: int,
+        size: int,
+        wanted: Callable[[int], bool],
+        take_buffer: Callable[[float], Any],
+        give_back: Callable[[Any], None],
+        depth: int = 8,
+    ) -> None:
+        self._reader = reader
+        self._chunk_size = chunk_size
+        self._size = size
+        self._wanted = wanted
+        self._take_buffer = take_buffer
+        self._give_back = give_back
+        self._items: queue.Queue = queue.Queue(maxsize=max(2, depth))
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, Any, int, OSError | None]]:
+        while True:
+            item = self._items.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(self.WAIT)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._items.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, tuple) and item[3] is not None:
+                self._give_back(item[3])
+
+    def _put(self, item: Any) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self._items.put(item, timeout=self.WAIT)
+                return True
+            except queue.Full:
+                continue
+        if isinstance(item, tuple) and item[3] is not None:
+            self._give_back(item[3])
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._walk()
+        except BaseException as exc:  # a bug: the caller raises it rather than waiting forever
+            self._put(exc)
+
+    def _read(self, offset: int, view: memoryview) -> int:
+        read_into = getattr(self._reader, "read_into", None)
+        if read_into is not None:
+            return read_into(offset, view)
+        data = self._reader.read(offset, len(view))  # a DiskReader with read() only
+        view[: len(data)] = data
+        return len(data)
+
+    def _walk(self) -> None:
+        chunk = self._chunk_size
+        holes = HoleIndex(self._reader.allocated_ranges(), chunk)
+        kind, first, count = -1, 0, 0
+        for index in range(-(-self._size // chunk)):
+            if self._stopped.is_set():
+                return
+            this = self.SKIP if not self._wanted(index) else self.HOLE if holes.is_hole(index) else self.DATA
+            if this != self.DATA:
+                if this == kind:
+                    count += 1
+                    continue
+                if count and not self._put((kind, first, count, None, 0, None)):
+                    return
+                kind, first, count = this, index, 1
+                continue
+            if count and not self._put((kind, first, count, None, 0, None)):
+                return
+            kind, count = -1, 0
+            buffer = None
+            while buffer is None:
+                if self._stopped.is_set():
+                    return
+                buffer = self._take_buffer(self.WAIT)
+            offset = index * chunk
+            length = min(chunk, self._size - offset)
+            error = None
+            try:
+                got = self._read(offset, buffer[:length])
+            except OSError as exc:
+                got, error = 0, exc
+            if not self._put((self.DATA, index, 1, buffer, got, error)):
+                return
+            if error is not None:  # the caller reports it; nothing after a failed read is read
+                break
+        else:
+            if count and not self._put((kind, first, count, None, 0, None)):
+                return
+        self._put(None)

@@ -14,6 +14,7 @@ functions below stay xxh3_128, the orchestrator's own (xxhash is one of its depe
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 
@@ -42,6 +43,26 @@ def zero_digest(length: int) -> bytes:
 def zero_block(length: int) -> bytes:
     """A shared read-only zero buffer: comparing a bytearray to it runs at memcmp speed."""
     return bytes(length)
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True when ``data`` holds zero bytes only, at memcmp speed whatever buffer it is.
+
+    ``memoryview == bytes`` compares item by item (30x slower); ``bytes.startswith`` takes any buffer and
+    memcmps it, and stops at the first non-zero byte of a data chunk.
+    """
+    return zero_block(len(data)).startswith(data)
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """A zeroed, writable buffer of ``size`` bytes that starts on a page boundary.
+
+    A large bytearray starts 16 bytes into its page (malloc's header), and some CPUs copy from the kernel
+    into a destination that is not 32-byte aligned four times slower (measured on AMD EPYC: preadv of a
+    cached file at 2.5 GB/s into a bytearray, 10 GB/s into this), so every chunk buffer a mirror reads
+    into comes from here. Anonymous memory: pages cost RSS only once touched.
+    """
+    return memoryview(mmap.mmap(-1, max(1, size)))[:size]
 
 
 class DiskDigest:

@@ -13,6 +13,7 @@ import queue
 import threading
 from typing import Any
 
+from .hashing import aligned_buffer
 from .writer import TargetWriter
 
 BUFFER_BUDGET = 16 * 1024**2  # bytes of chunk buffers in flight per disk
@@ -28,9 +29,9 @@ class ThreadedWriter:
     def __init__(self, writer: TargetWriter, chunk_size: int, *, depth: int | None = None) -> None:
         self._writer = writer
         self._depth = depth or max(2, min(4, BUFFER_BUDGET // chunk_size))
-        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._free: queue.Queue[memoryview] = queue.Queue()
         for _ in range(self._depth):
-            self._free.put(bytearray(chunk_size))
+            self._free.put(aligned_buffer(chunk_size))
         # bounded too: a sparse terabyte is 262144 zero messages the reader could queue in a second
         self._ops: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=MAX_QUEUED_MESSAGES)
         self.error: BaseException | None = None
@@ -41,15 +42,22 @@ class ThreadedWriter:
 
     # ------------------------------------------------------------ reader side
 
-    def borrow(self) -> bytearray:
+    def borrow(self) -> memoryview:
         buffer = self._free.get()
         self._raise_if_failed()
         return buffer
 
-    def give_back(self, buffer: bytearray) -> None:
+    def try_borrow(self, timeout: float) -> memoryview | None:
+        """A free buffer, or None after ``timeout`` seconds without one (a read-ahead thread's way)."""
+        try:
+            return self._free.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def give_back(self, buffer: memoryview) -> None:
         self._free.put(buffer)
 
-    def write(self, offset: int, buffer: bytearray, length: int, digest: bytes) -> None:
+    def write(self, offset: int, buffer: memoryview, length: int, digest: bytes) -> None:
         """Hand ``buffer`` (its first ``length`` bytes) over; it returns to the pool once stored."""
         self._raise_if_failed()
         self._ops.put(("write", offset, buffer, length, digest))
@@ -89,7 +97,7 @@ class ThreadedWriter:
                 if self.error is None:
                     if kind == "write":
                         _, offset, buffer, length, digest = op
-                        writer.write(offset, memoryview(buffer)[:length], digest)
+                        writer.write(offset, buffer[:length], digest)
                     elif kind == "zero":
                         writer.zero(op[1], op[2])
                     elif kind == "confirm":

@@ -302,7 +302,9 @@ class ChunkCompressor:
 
     A sample of the chunk (three 16 KiB slices) is tried first: random or already-compressed data (a
     third of a typical disk) then costs a 48 KiB trial instead of compressing 4 MiB for nothing. Safe to
-    share between threads (each thread gets its own zstd context).
+    share between threads (each thread gets its own zstd contexts). ``level`` is the configured level;
+    a caller may ask for less effort per chunk, down to ``min_level`` (see the agent's reader, which
+    lowers it while compression is what the stream waits for).
     """
 
     SAMPLE = 16 * 1024
@@ -314,31 +316,38 @@ class ChunkCompressor:
             raise ValueError("zstd needs the zstandard module, which this Python does not have")
         self.name = name
         self.level = level if name == "zstd" else max(1, min(9, level))
+        self.min_level = min(1, self.level)
         self._local = threading.local()
 
-    def _zstd(self) -> Any:
-        context = getattr(self._local, "zstd", None)
+    def _zstd(self, level: int) -> Any:
+        contexts = getattr(self._local, "zstd", None)
+        if contexts is None:
+            contexts = self._local.zstd = {}
+        context = contexts.get(level)
         if context is None:
-            context = self._local.zstd = zstandard.ZstdCompressor(level=self.level)
+            context = contexts[level] = zstandard.ZstdCompressor(level=level)
         return context
 
-    def _compress(self, data: bytes | bytearray | memoryview) -> bytes:
+    def _compress(self, data: bytes | bytearray | memoryview, level: int) -> bytes:
         if self.name == "zstd":
-            return self._zstd().compress(data)
-        return zlib.compress(data, self.level)
+            return self._zstd(level).compress(data)
+        return zlib.compress(data, level)
 
-    def compress(self, data: bytes | bytearray | memoryview) -> tuple[int, bytes | bytearray | memoryview]:
+    def compress(
+        self, data: bytes | bytearray | memoryview, level: int | None = None
+    ) -> tuple[int, bytes | bytearray | memoryview]:
         """(codec, payload): the payload is ``data`` itself when sent raw."""
         if self.name == "none" or not data:
             return RAW, data
+        level = self.level if level is None else max(self.min_level, min(self.level, level))
         size = len(data)
         if size >= 16 * self.SAMPLE:
             view = memoryview(data)
             step = size // 3
             sample = b"".join(bytes(view[i * step : i * step + self.SAMPLE]) for i in range(3))
-            if len(self._compress(sample)) > len(sample) * (1 - MIN_SAVING):
+            if len(self._compress(sample, level)) > len(sample) * (1 - MIN_SAVING):
                 return RAW, data
-        packed = self._compress(data)
+        packed = self._compress(data, level)
         if len(packed) > size * (1 - MIN_SAVING):
             return RAW, data
         return CODECS[self.name], packed
@@ -462,8 +471,11 @@ class FrameChannel:
         self.sent_bytes = 0
         self.received_bytes = 0
 
-    def send(self, type: int, *parts: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        header = frame_header(type, parts, flags)
+    def send(
+        self, type: int, *parts: bytes | bytearray | memoryview, flags: int = 0, crc: int | None = None
+    ) -> int:
+        """Send one frame; ``crc`` when the caller computed it already (on another thread, say)."""
+        header = frame_header(type, parts, flags, crc)
         with self._write_lock:
             self.stream.write(header, *parts)
         size = HEADER_SIZE + sum(len(part) for part in parts)

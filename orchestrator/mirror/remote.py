@@ -27,7 +27,7 @@ from .agent_session import AgentSession
 from .blockmap import stored_identity
 from .copier import MODES, Mode, PassStats
 from .errors import MirrorCancelled, MirrorError
-from .hashing import negotiate_algorithm
+from .hashing import aligned_buffer, negotiate_algorithm
 from .throttle import Throttle
 
 RelayHook = Callable[[wire.Frame], wire.Frame]
@@ -152,6 +152,7 @@ class _Relay:
         self.done: dict[str, Any] | None = None
         self.back_error: BaseException | None = None
         self._back: threading.Thread | None = None
+        self._relay_buffer: memoryview | None = None
 
     # ------------------------------------------------------------ the pass
 
@@ -287,7 +288,15 @@ class _Relay:
         of every chunk and most of the relay's CPU time.
         """
         if not splice:
-            return self.reader.receive(check=False), 0
+            if self.hook is not None:
+                return self.reader.receive(check=False), 0
+            try:  # one reused buffer: each frame is forwarded before the next one is read
+                frame = self.reader.channel.receive(check=False, into=self._lend)
+            except wire.StreamClosed:
+                raise self.reader.died("in the middle of its work") from None
+            if frame.type == wire.ERROR:
+                self.reader._raise_error(frame)
+            return frame, 0
         stream = self.reader.process
         try:
             header = stream.read_exact(wire.HEADER_SIZE)
@@ -303,6 +312,14 @@ class _Relay:
         if kind == wire.ERROR:
             self.reader._raise_error(frame)
         return frame, 0
+
+    def _lend(self, kind: int, length: int) -> tuple[None, memoryview] | None:
+        """The relay's receive buffer for bulk frames (aligned: see hashing.aligned_buffer)."""
+        if kind not in _BULK:
+            return None
+        if self._relay_buffer is None or len(self._relay_buffer) < length:
+            self._relay_buffer = aligned_buffer(max(length, self.chunk_size + wire.DATA_PREFIX.size))
+        return None, self._relay_buffer[:length]
 
     def _forward_spliced(self, frame: wire.Frame, tail: int) -> None:
         source, target = self.reader.process, self.writer.process

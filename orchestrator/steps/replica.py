@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -83,6 +85,9 @@ class PowerOnReplica(Step):
             provider.power_off(vm, force=True)
 
 
+BOOT_SLICE = 5.0  # seconds per provider look while a replica boots
+
+
 class VerifyReplica(Step):
     kind = "verify_replica"
     retryable = True
@@ -90,17 +95,17 @@ class VerifyReplica(Step):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         cutover = ctx.playbook.cutover_for(ctx.server)
-        report = ctx.provider(ctx.server.target.provider).wait_booted(_vm(ctx), cutover.boot_timeout)
-        if not report.running:
-            raise StepFailed(f"replica {ctx.server.vm_name} did not come up: {report.detail}")
-        expected = (optional_output(ctx, "stage_system_state") or {}).get("hostname")
-        if expected and report.hostname and report.hostname != expected:
-            raise StepFailed(f"replica reports hostname {report.hostname!r}, expected {expected!r}")
         wanted = {
             n["ip"]
             for n in (optional_output(ctx, "remap_nics") or {}).get("nics", [])
             if n["ip"] not in ("dhcp", "keep")
         }
+        report = self.watch(ctx, wanted, cutover.boot_timeout)
+        if not report.running:
+            raise StepFailed(f"replica {ctx.server.vm_name} did not come up: {report.detail}")
+        expected = (optional_output(ctx, "stage_system_state") or {}).get("hostname")
+        if expected and report.hostname and report.hostname != expected:
+            raise StepFailed(f"replica reports hostname {report.hostname!r}, expected {expected!r}")
         missing = sorted(wanted - set(report.addresses))
         if missing and report.addresses:
             raise StepFailed(f"replica came up without address(es) {', '.join(missing)}")
@@ -110,5 +115,37 @@ class VerifyReplica(Step):
         )
         return {"hostname": report.hostname, "addresses": list(report.addresses), "detail": report.detail}
 
+    def watch(self, ctx: StepContext, wanted: set[str], timeout: float) -> Any:
+        """Ask the provider in short slices and, in between, knock on the planned static addresses.
+
+        A replica with a static address has no DHCP lease and no guest agent, and the host's ARP table
+        only learns it once something talks to it: a TCP connect that is answered (or refused: the
+        kernel's network stack is up either way) is that talk, and the next slice sees the address.
+        """
+        provider = ctx.provider(ctx.server.target.provider)
+        if not wanted:
+            return provider.wait_booted(_vm(ctx), timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            began = time.monotonic()
+            left = deadline - began
+            report = provider.wait_booted(_vm(ctx), max(0.0, min(BOOT_SLICE, left)))
+            if report.addresses or left <= BOOT_SLICE:
+                return report
+            self.check_cancel(ctx)
+            time.sleep(max(0.0, BOOT_SLICE - (time.monotonic() - began)))  # a provider that answers at once
+            if any(_answers(address.split("/")[0]) for address in wanted):
+                return provider.wait_booted(_vm(ctx), BOOT_SLICE)
+
     def undo(self, ctx: StepContext) -> None:
         """Checking creates nothing."""
+
+
+def _answers(address: str, port: int = 22) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1.0):
+            return True
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False

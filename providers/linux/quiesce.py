@@ -139,6 +139,8 @@ class Quiescer:
                     continue
                 state.actions.append({"kind": "service", "name": service.name, "manager": services.manager})
                 services.stop(service.name)
+            # What they wrote last may still be dirty in the page cache: the final pass reads the disk.
+            self.shell.check(["sync"], "sync after stopping the services", timeout=FREEZE_TIMEOUT)
 
         return act
 

@@ -154,6 +154,8 @@ class SshSource:
         power_off(self.shell(), self.config.host, self.config.port, timeout=timeout, force=force)
 
     def start(self) -> None:
+        if answers_ssh(self.config.host, self.config.port):
+            return  # started again by hand, as the message below asks: nothing left to undo
         raise ProviderError(
             f"server {self.name}: {self.config.host} is a machine reached over SSH; this tool cannot "
             "power it on: start it by hand (console, BMC, or its hypervisor); a VM on a managed "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sqlite3
 
 from orchestrator.guest.linux import find_linux_root, read_file
 from tests.e2e.conftest import Migration
@@ -75,7 +76,12 @@ def test_execute_sync_cutover_status_report_undo(migration: Migration) -> None:
     assert {s["name"]: s["state"] for s in status["servers"]}["db01"] == "ready for cutover"
     assert {s["name"]: s["convergence"] for s in status["servers"]}["db01"] == "converged"
     sync_step = next(s for s in status["steps"] if s["step_id"] == "db01/sync")
-    assert sync_step["bytes"] == 2 * 2**20  # two changed 1 MiB chunks, nothing else
+    db = sqlite3.connect(f"file:{m.state / 'journal.sqlite'}?mode=ro", uri=True)
+    events = db.execute("SELECT data FROM events WHERE step_id='db01/sync' ORDER BY id").fetchall()
+    db.close()
+    data_pass = [p for p in map(lambda r: json.loads(r[0]), events) if p.get("disk") == "db01-disk1"][-1]
+    assert data_pass["bytes_written"] == 2 * 2**20  # two changed 1 MiB chunks, nothing else
+    assert sync_step["bytes"] > data_pass["bytes_written"]  # plus the boot disk's staged chunks, restored
 
     cut = m.run("cutover", PB)
     assert "cutover:" in cut.stdout
