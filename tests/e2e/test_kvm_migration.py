@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ import dns.rdatatype
 import pytest
 
 from tests.e2e.conftest import Migration
-from tests.services.bind import BindServer, _free_port, _named
+from tests.services.bind import BindServer, _free_port, _named, running_named
 from tests.services.bind_zones import _serving
 from tests.testbed import libvirt as testbed
 from tests.testbed import source_vm as source_vm_bed
@@ -200,28 +199,8 @@ def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
         f'"{directory}/session.key"; managed-keys-directory "{directory}"; recursion no; '
         "dnssec-validation no; };\ncontrols { };\n" + "\n".join(stanzas) + "\n"
     )
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    with open(directory / "named.log", "wb") as log:
-        process = subprocess.Popen(
-            [named, "-g", "-c", str(directory / "named.conf"), *user], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        for _ in range(100):
-            if process.poll() is not None:
-                pytest.fail(f"named exited with {process.returncode}:\n{server.log()}")
-            if _serving(server.port):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"named did not answer on port {server.port}:\n{server.log()}")
+    with running_named(directory, lambda: _serving(server.port)):
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

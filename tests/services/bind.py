@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,21 +93,32 @@ zone "corp.test" {{
 }};
 zone "locked.test" {{ type primary; file "{directory}/locked.test.zone"; }};
 """)
+    with running_named(directory, lambda: _answers(key.port)):
+        yield key
+
+
+@contextlib.contextmanager
+def running_named(directory: Path, ready: Callable[[], bool]) -> Iterator[None]:
+    """Run named on ``directory``/named.conf until the block ends; ``ready()`` says it serves."""
+    named = _named()
+    assert named is not None, "callers skip first when bind9 is missing"
+    log_path = directory / "named.log"
     user = ["-u", "root"] if os.geteuid() == 0 else []
-    with open(directory / "named.log", "wb") as log:
+    with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [named, "-g", "-c", str(directory / "named.conf"), *user], stdout=log, stderr=subprocess.STDOUT
         )
     try:
         for _ in range(100):
             if process.poll() is not None:
-                pytest.fail(f"named exited with {process.returncode}:\n{key.log()}")
-            if _answers(key.port):
+                log = log_path.read_text(errors="replace")
+                pytest.fail(f"named exited with {process.returncode}:\n{log}")
+            if ready():
                 break
             time.sleep(0.1)
         else:
-            pytest.fail(f"named did not answer on port {key.port}:\n{key.log()}")
-        yield key
+            pytest.fail(f"named did not answer:\n{log_path.read_text(errors='replace')}")
+        yield
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 
 import dns.message
@@ -27,7 +24,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from tests.services.bind import BindServer, _free_port, _named
+from tests.services.bind import BindServer, _free_port, _named, running_named
 
 SOA = "@ 3600 IN SOA ns1.corp.test. hostmaster.corp.test. 1 3600 600 604800 60\n@ 3600 IN NS ns1.corp.test.\n"
 ZONES = {
@@ -86,28 +83,8 @@ def bind_zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]
 controls {{ }};
 """ + "\n".join(zones) + "\n"
     )
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    with open(directory / "named.log", "wb") as log:
-        process = subprocess.Popen(
-            [named, "-g", "-c", str(directory / "named.conf"), *user], stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        for _ in range(100):
-            if process.poll() is not None:
-                pytest.fail(f"named exited with {process.returncode}:\n{server.log()}")
-            if _serving(server.port):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"named did not answer on port {server.port}:\n{server.log()}")
+    with running_named(directory, lambda: _serving(server.port)):
         yield server
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def other_key_secret(server: BindServer) -> str:
