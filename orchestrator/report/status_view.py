@@ -55,6 +55,7 @@ def render_status(console: Console, report: RunReport, journal: Journal, *, show
             progress,
             format_size(server.bytes_moved),
             f"{format_duration(server.lag)} ago" if server.lag is not None else "-",
+            _CONVERGENCE.get(server.convergence or "", server.convergence or "-"),
             server.target,
         )
         if len(parts) > 1:
