@@ -390,23 +390,35 @@ def sync(
 @main.command()
 @playbook_argument
 @click.argument("servers", nargs=-1)
-@click.option("--test", is_flag=True, help="boot an isolated copy instead (not in this build yet)")
+@click.option(
+    "--test",
+    is_flag=True,
+    help="boot a copy of the replica from clones of its disks on each NIC's test_network (no link where "
+    "none is set) while the source keeps running and syncing; `migrate undo --test` removes it",
+)
 @click.option("--force", is_flag=True, help="cut over even if the last sync is older than sync.max_lag")
 @click.option("-v", "--verbose", is_flag=True)
 def cutover(
     playbook: Path, state_dir: Path | None, servers: tuple[str, ...], test: bool, force: bool, verbose: bool
 ) -> None:
-    """Final sync and switch for SERVERS (default: all), in depends_on and wave order."""
-    if test:
-        fail(
-            "test cutover is not available in this build yet; it needs the snapshot/clone support "
-            "tracked in the cutover issue",
-            2,
-        )
+    """Final sync and switch for SERVERS (default: all), in depends_on and wave order.
+
+    A live cutover first removes a test copy still up for those servers (its disks are clones; the
+    replica's are untouched), as the reference product does.
+    """
     session = _session(playbook, state_dir)
     names = list(servers) or None
+    if test:
+        _run(session, phases=["replicate", "test"], servers=names, command="cutover --test", verbose=verbose)
 
-    def forced(_executor: Any, journal: Any) -> None:
+    def forced(executor: Any, journal: Any) -> None:
+        tests = _undo_order(session, journal, set(names or session.plan.servers), phase="test")
+        if tests:
+            console.print(f"removing the test copy first: {', '.join(tests)}")
+            _, errors = executor.undo(tests)
+            if errors:
+                problems = "; ".join(f"{k}: {v}" for k, v in errors.items())
+                fail(f"{problems} - fix it, or run `migrate undo --test`")
         if force:  # read (and cleared) by each server's cutover gate
             for name in names or session.plan.servers:
                 journal.checkpoint(f"{name}/force_cutover", {"by": "migrate cutover --force"})
@@ -421,17 +433,44 @@ def cutover(
     )
 
 
+def _undo_order(session: Any, journal: Any, names: set[str], phase: str | None = None) -> list[str]:
+    """Steps with live resources for these servers (and shared nodes only they use), newest first."""
+    import networkx as nx
+
+    plan = session.plan
+    live = {r.step_id for r in journal.resources()}
+    users = {
+        node.id: {plan.node(s).server for s in nx.descendants(plan.graph, node.id)}
+        for node in plan.steps()
+        if node.server is None
+    }
+    return [
+        n
+        for n in reversed(list(nx.topological_sort(plan.graph)))
+        if n in live
+        and (phase is None or plan.node(n).phase == phase)
+        and (
+            plan.node(n).server in names
+            or (plan.node(n).server is None and users.get(n, set()) - {None} <= names)
+        )
+    ]
+
+
 @main.command()
 @playbook_argument
 @click.argument("servers", nargs=-1)
+@click.option(
+    "--test", "test_only", is_flag=True, help="remove only the test copy and its disks; replication goes on"
+)
 @click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation")
-def undo(playbook: Path, state_dir: Path | None, servers: tuple[str, ...], yes: bool) -> None:
+def undo(
+    playbook: Path, state_dir: Path | None, servers: tuple[str, ...], test_only: bool, yes: bool
+) -> None:
     """Remove what the tool created for SERVERS (default: all): replica VMs, disks, appliances, DNS changes.
 
-    Never touches the source's data; a source this tool shut down is started again.
+    Never touches the source's data; a source this tool shut down is started again. With --test, only
+    what `migrate cutover --test` made goes: the replica and its sync state stay as they are.
     """
-    import networkx as nx
-
     from orchestrator.executor import Executor
 
     session = _session(playbook, state_dir)
@@ -439,25 +478,12 @@ def undo(playbook: Path, state_dir: Path | None, servers: tuple[str, ...], yes: 
     if not session.has_journal:
         fail(f"nothing to undo: no journal in {session.state_dir}")
     journal, _ = session.open_journal(replan=True)
-    names = set(servers) or set(session.plan.servers)
-    live = {r.step_id for r in journal.resources()}
-    users = {}
-    for node in session.plan.steps():
-        if node.server is None:
-            users[node.id] = {
-                session.plan.node(s).server for s in nx.descendants(session.plan.graph, node.id)
-            }
-    chosen = [
-        n
-        for n in reversed(list(nx.topological_sort(session.plan.graph)))
-        if n in live
-        and (
-            session.plan.node(n).server in names
-            or (session.plan.node(n).server is None and users.get(n, set()) - {None} <= names)
-        )
-    ]
+    chosen = _undo_order(
+        session, journal, set(servers) or set(session.plan.servers), phase="test" if test_only else None
+    )
     if not chosen:
-        console.print("nothing to undo: the journal records no live resources for these servers")
+        what = "test copy" if test_only else "live resources"
+        console.print(f"nothing to undo: the journal records no {what} for these servers")
         journal.close()
         return
     console.print("will undo, in this order:")

@@ -104,7 +104,12 @@ class Resources:
             return self._sources[server.name]
 
     def close(self) -> None:
-        for item in [*self._providers.values(), *self._sources.values()]:
+        """Close what is open; a later use opens it again (a cutover first undoes a test copy)."""
+        with self._lock:
+            items = [*self._providers.values(), *self._sources.values()]
+            self._providers.clear()
+            self._sources.clear()
+        for item in items:
             with contextlib.suppress(Exception):
                 item.close()
 

@@ -46,6 +46,15 @@ CUTOVER_CHAIN = (
     "update_dns",
     "run_post_script",
 )
+# A test cutover (`migrate cutover --test`): a copy of the replica, booted on isolated networks from clones
+# of its disks while the source runs and replication goes on. Its own phase, run only when asked.
+TEST_CHAIN = (
+    "clone_test_disks",
+    "stage_test_copy",
+    "create_test_copy",
+    "power_on_test_copy",
+    "verify_test_copy",
+)
 # Undone by the server's cleanup node when the server fails: what holds an appliance or half-boots a replica.
 # Replica disks are kept, so a re-run resumes the mirror instead of starting over (as Coriolis keeps volumes).
 TRANSIENT = ("attach_disks", "create_replica", "power_on_replica")
@@ -186,6 +195,8 @@ def config_digests(server: Server) -> dict[str, str]:
         "create_replica": _digest(target),
         "update_dns": _digest([r.model_dump(mode="json") for r in server.dns_records]),
         "check_dns": _digest([r.model_dump(mode="json") for r in server.dns_records]),
+        "stage_test_copy": _digest(nics),
+        "create_test_copy": _digest(nics),
     }
 
 
@@ -285,6 +296,10 @@ def _add_server(
         graph.add_edge(appliance.provision_id, attach)
     chain += [create, attach]
     chain += [add(kind, "replicate") for kind in REPLICATE_CHAIN]
+
+    test_chain = [chain[-1]] + [add(kind, "test") for kind in TEST_CHAIN]
+    for before, after in itertools.pairwise(test_chain):
+        graph.add_edge(before, after)
 
     first_cutover = add("cutover_gate", "cutover")
     chain.append(first_cutover)

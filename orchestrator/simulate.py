@@ -229,7 +229,7 @@ class _Simulator:
         steps: dict[str, StepNode] = dict(self.graph.nodes(data="step"))
         self.steps = steps
         if selected is None:
-            chosen = [n for n, s in steps.items() if s.phase != "cleanup"]
+            chosen = [n for n, s in steps.items() if s.phase not in ("cleanup", "test")]
         else:
             unknown = sorted(n for n in selected if n not in steps)
             if unknown:

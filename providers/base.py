@@ -183,6 +183,7 @@ class NicRequest:
     mac: str | None  # None: let the hypervisor generate one
     model: str | None = None
     vlan: int | None = None
+    connected: bool = True  # False: the NIC exists but no link comes up (a test copy without test_network)
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,12 @@ class Provider(Protocol):
     def find_disk(self, request: DiskRequest) -> DiskRef | None: ...
 
     def delete_disk(self, disk: DiskRef) -> None: ...
+
+    def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
+        """A new disk ``request`` holding what ``source`` holds now: the point-in-time copy a test cutover
+        boots while replication into ``source`` goes on. Idempotent: a finished clone is found again, a
+        half-made one (a crash while copying) is made again, never returned."""
+        ...
 
     def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
         """Make a disk writable by the data plane; ``None`` appliance means write on the host itself."""
@@ -321,3 +328,25 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveMount:
+    """A filesystem on a source disk that stays mounted read-write through quiesce: the final pass copies
+    it while it may be written (crash-consistent, as after a power cut)."""
+
+    disk: str  # the source disk as the playbook names it
+    device: str  # what is mounted: the disk, a partition, an LV, a loop device
+    mountpoints: tuple[str, ...]
+
+
+@runtime_checkable
+class ReportsLiveMounts(Protocol):
+    """A Source that can tell which of its disks' filesystems no configured quiesce pauses.
+
+    Optional: sources without it (images, the simulator) have nothing mounted, and count as none.
+    """
+
+    def unquiesced_mounts(self) -> list[LiveMount]:
+        """The read-write mounts the final pass would copy live; empty when quiesce is configured."""
+        ...

@@ -20,6 +20,13 @@ def registry() -> dict[str, type[Step]]:
     from orchestrator.steps.mirror import FinalSync, Mirror, Sync
     from orchestrator.steps.replica import CreateReplica, PowerOnReplica, VerifyReplica
     from orchestrator.steps.scripts import RunPostScript, RunPreScript
+    from orchestrator.steps.test_copy import (
+        CloneTestDisks,
+        CreateTestCopy,
+        PowerOnTestCopy,
+        StageTestCopy,
+        VerifyTestCopy,
+    )
     from orchestrator.steps.validate import ValidateServer
 
     kinds = [
@@ -46,6 +53,11 @@ def registry() -> dict[str, type[Step]]:
         RunPostScript,
         ReleaseAppliance,
         Barrier,
+        CloneTestDisks,
+        StageTestCopy,
+        CreateTestCopy,
+        PowerOnTestCopy,
+        VerifyTestCopy,
     ]
     return {k.kind: k for k in kinds}
 

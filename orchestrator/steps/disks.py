@@ -94,7 +94,7 @@ class AttachDisks(Step):
         return {"appliance": asdict(helper) if helper else None, "endpoints": result}
 
     def undo(self, ctx: StepContext) -> None:
-        _detach_all(ctx, ctx.node.id)
+        detach_all(ctx, ctx.node.id)
 
 
 class DetachDisks(Step):
@@ -103,7 +103,7 @@ class DetachDisks(Step):
     description = "detach the replica disks from the appliance so the replica VM can own them"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        detached = _detach_all(ctx, step_id(ctx, "attach_disks"))
+        detached = detach_all(ctx, step_id(ctx, "attach_disks"))
         return {"detached": detached, "appliance": asdict(a) if (a := appliance(ctx)) else None}
 
     def undo(self, ctx: StepContext) -> None:
@@ -120,7 +120,7 @@ def _appliance_for(ctx: StepContext) -> ApplianceRef | None:
         raise StepFailed(f"{provision_step} has not run; run `migrate execute` again") from None
 
 
-def _detach_all(ctx: StepContext, attach_step: str) -> list[str]:
+def detach_all(ctx: StepContext, attach_step: str) -> list[str]:
     detached = []
     for resource in reversed(ctx.resources(attach_step)):
         if resource.kind != "attachment":

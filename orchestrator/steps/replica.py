@@ -5,15 +5,15 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from orchestrator.steps.base import Step, StepContext, StepFailed
 from orchestrator.steps.common import facts, optional_output, replica_disks, step_id
-from providers.base import NicRequest, NotFound, VmRef, VmRequest
+from providers.base import DiskRef, NicRequest, NotFound, VmRef, VmRequest
 
 
-def _vm(ctx: StepContext) -> VmRef:
-    return VmRef(**ctx.output(step_id(ctx, "create_replica"))["vm"])
+def vm_of(ctx: StepContext, create_kind: str = "create_replica") -> VmRef:
+    return VmRef(**ctx.output(step_id(ctx, create_kind))["vm"])
 
 
 class CreateReplica(Step):
@@ -22,21 +22,30 @@ class CreateReplica(Step):
     transient = True
     description = "define the replica VM (CPUs, memory, firmware, disks, NICs) on the target"
 
+    def vm_name(self, ctx: StepContext) -> str:
+        return ctx.server.vm_name
+
+    def disks(self, ctx: StepContext) -> tuple[DiskRef, ...]:
+        return tuple(disk for _, disk in replica_disks(ctx))
+
+    def nics(self, ctx: StepContext) -> tuple[NicRequest, ...]:
+        nics = (optional_output(ctx, "remap_nics") or {}).get("nics", [])
+        return tuple(
+            NicRequest(network=n["network"], mac=n["mac"], model=n["model"], vlan=n["vlan"]) for n in nics
+        )
+
     def run(self, ctx: StepContext) -> dict[str, Any]:
         server, source = ctx.server, facts(ctx)
         target = server.target
-        nics = (optional_output(ctx, "remap_nics") or {}).get("nics", [])
         firmware = source.firmware if target.firmware == "auto" else target.firmware
         request = VmRequest(
-            name=server.vm_name,
+            name=self.vm_name(ctx),
             host=target.host,
             cpus=target.cpus,
             memory=target.memory,
             firmware=firmware,
-            disks=tuple(disk for _, disk in replica_disks(ctx)),
-            nics=tuple(
-                NicRequest(network=n["network"], mac=n["mac"], model=n["model"], vlan=n["vlan"]) for n in nics
-            ),
+            disks=self.disks(ctx),
+            nics=self.nics(ctx),
             generation=target.generation or (2 if firmware == "uefi" else 1),
             datastore=target.datastore,
             tags={"hvmigrate.server": server.name, "hvmigrate.playbook": ctx.playbook.name},
@@ -46,7 +55,7 @@ class CreateReplica(Step):
         ctx.record_resource("vm", target.provider, {"name": request.name})
         vm = provider.find_vm(request.name) or provider.create_vm(request)
         ctx.event(
-            f"replica {vm.name} defined: {target.cpus} vCPU, {target.memory} B, {firmware}, "
+            f"{vm.name} defined: {target.cpus} vCPU, {target.memory} B, {firmware}, "
             f"{len(request.disks)} disk(s), {len(request.nics)} NIC(s)"
         )
         return {"vm": asdict(vm)}
@@ -69,15 +78,16 @@ class PowerOnReplica(Step):
     retryable = True
     transient = True
     description = "power the replica on"
+    create_kind: ClassVar[str] = "create_replica"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
-        vm = _vm(ctx)
+        vm = vm_of(ctx, self.create_kind)
         ctx.provider(ctx.server.target.provider).power_on(vm)
         return {"powered_on": True}
 
     def undo(self, ctx: StepContext) -> None:
         try:
-            vm = _vm(ctx)
+            vm = vm_of(ctx, self.create_kind)
         except KeyError:
             return
         provider = ctx.provider(ctx.server.target.provider)
@@ -92,25 +102,28 @@ class VerifyReplica(Step):
     kind = "verify_replica"
     retryable = True
     description = "wait until the replica answers, and check it came up as the server it should be"
+    create_kind: ClassVar[str] = "create_replica"
+
+    def wanted_addresses(self, ctx: StepContext) -> set[str]:
+        """The static addresses the replica should come up with (DHCP ones cannot be known)."""
+        nics = (optional_output(ctx, "remap_nics") or {}).get("nics", [])
+        return {n["ip"] for n in nics if n["ip"] not in ("dhcp", "keep")}
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         cutover = ctx.playbook.cutover_for(ctx.server)
-        wanted = {
-            n["ip"]
-            for n in (optional_output(ctx, "remap_nics") or {}).get("nics", [])
-            if n["ip"] not in ("dhcp", "keep")
-        }
+        wanted = self.wanted_addresses(ctx)
         report = self.watch(ctx, wanted, cutover.boot_timeout)
+        vm = vm_of(ctx, self.create_kind)
         if not report.running:
-            raise StepFailed(f"replica {ctx.server.vm_name} did not come up: {report.detail}")
+            raise StepFailed(f"{vm.name} did not come up: {report.detail}")
         expected = (optional_output(ctx, "stage_system_state") or {}).get("hostname")
         if expected and report.hostname and report.hostname != expected:
-            raise StepFailed(f"replica reports hostname {report.hostname!r}, expected {expected!r}")
+            raise StepFailed(f"{vm.name} reports hostname {report.hostname!r}, expected {expected!r}")
         missing = sorted(wanted - set(report.addresses))
         if missing and report.addresses:
-            raise StepFailed(f"replica came up without address(es) {', '.join(missing)}")
+            raise StepFailed(f"{vm.name} came up without address(es) {', '.join(missing)}")
         ctx.event(
-            f"replica up: hostname {report.hostname or '?'}, addresses "
+            f"{vm.name} up: hostname {report.hostname or '?'}, addresses "
             f"{', '.join(report.addresses) or 'unknown'}; {report.detail}"
         )
         return {"hostname": report.hostname, "addresses": list(report.addresses), "detail": report.detail}
@@ -123,19 +136,20 @@ class VerifyReplica(Step):
         kernel's network stack is up either way) is that talk, and the next slice sees the address.
         """
         provider = ctx.provider(ctx.server.target.provider)
+        vm = vm_of(ctx, self.create_kind)
         if not wanted:
-            return provider.wait_booted(_vm(ctx), timeout)
+            return provider.wait_booted(vm, timeout)
         deadline = time.monotonic() + timeout
         while True:
             began = time.monotonic()
             left = deadline - began
-            report = provider.wait_booted(_vm(ctx), max(0.0, min(BOOT_SLICE, left)))
+            report = provider.wait_booted(vm, max(0.0, min(BOOT_SLICE, left)))
             if report.addresses or left <= BOOT_SLICE:
                 return report
             self.check_cancel(ctx)
             time.sleep(max(0.0, BOOT_SLICE - (time.monotonic() - began)))  # a provider that answers at once
             if any(_answers(address.split("/")[0]) for address in wanted):
-                return provider.wait_booted(_vm(ctx), BOOT_SLICE)
+                return provider.wait_booted(vm, BOOT_SLICE)
 
     def undo(self, ctx: StepContext) -> None:
         """Checking creates nothing."""

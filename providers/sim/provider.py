@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from orchestrator.mirror.file_reader import data_ranges
 from orchestrator.playbook.models import SimProviderConfig
 from orchestrator.playbook.units import format_size
 from providers.base import (
@@ -243,6 +244,32 @@ class SimProvider:
             # stale one would make a new disk of the same name look already copied.
             for sidecar in path.parent.glob(f"{path.name}.*"):
                 sidecar.unlink(missing_ok=True)
+
+    def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
+        """A sparse copy made under a temporary name and renamed into place, so a crash mid-copy leaves
+        nothing find_disk would return. Callers clone between passes, not while one writes the source."""
+        src = self._disk_of(source)
+        if request.format != "raw":
+            raise ProviderError(f"disk {request.name}: the sim stores raw disks only; use format: raw")
+        with self._state.locked():
+            existing = self.find_disk(request)
+            if existing is not None:
+                return existing
+            if not src.exists():
+                raise NotFound(f"disk {source.name} does not exist on datastore {source.datastore}")
+            datastore = self._datastore(request.datastore)
+            size = src.stat().st_size
+            free = self.config.datastores[datastore] - self._used(datastore)
+            if size > free:
+                raise ProviderError(
+                    f"datastore {datastore} has {format_size(max(free, 0))} free, clone {request.name} "
+                    f"needs {format_size(size)}; free space or choose another datastore"
+                )
+            path = self._disk_path(datastore, request.name)
+            tmp = path.with_name(f".{path.name}.tmp")
+            _sparse_copy(src, tmp, size)
+            os.replace(tmp, path)
+        return DiskRef(self.name, str(path), request.name, size, "raw", datastore)
 
     def writer_location(self, endpoint: DiskEndpoint) -> None:
         """The simulated datastores are folders on this machine: written in-process."""
@@ -527,7 +554,13 @@ class SimProvider:
                 )
             in_use[(nic.network, mac)] = request.name
             nics.append(
-                {"network": nic.network, "mac": mac, "model": nic.model or "virtio", "vlan": nic.vlan}
+                {
+                    "network": nic.network,
+                    "mac": mac,
+                    "model": nic.model or "virtio",
+                    "vlan": nic.vlan,
+                    "connected": nic.connected,
+                }
             )
         return nics
 
@@ -540,6 +573,22 @@ def _generated_mac(vm: str, index: int, in_use: dict[tuple[str, str], str], netw
         if (network, mac) not in in_use:
             return mac
     raise ProviderError(f"VM {vm}: no free generated MAC on network {network}; give one with mac:")
+
+
+def _sparse_copy(source: Path, target: Path, size: int) -> None:
+    """Copy the data ranges only; holes stay holes (a thin 100 GiB replica clones in its data's time)."""
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.truncate(size)
+        ranges = data_ranges(src.fileno(), size)
+        for offset, length in ranges if ranges is not None else [(0, size)]:
+            done = 0
+            while done < length:
+                at = offset + done
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), length - done, at, at)
+                if copied == 0:
+                    break
+                done += copied
+        os.fsync(dst.fileno())
 
 
 def _check_name(name: str, what: str) -> None:

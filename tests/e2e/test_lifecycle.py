@@ -133,3 +133,68 @@ def test_cutover_of_some_servers_respects_depends_on_and_keeps_the_shared_applia
     status = json.loads(m.run("status", PB, "--json").stdout)
     assert {s["state"] for s in status["servers"]} == {"cut over"}
     assert not list((m.sim / "appliances").glob("*.json"))  # released once nobody used it
+
+
+def test_test_cutover_boots_an_isolated_copy_while_syncing_goes_on_and_undo_test_removes_only_it(
+    migration: Migration,
+) -> None:
+    m = migration
+    m.edit(
+        "test_network: isolated,\n           ip: 10.1.0.12/24",
+        "test_network: isolated, test_ip: 192.168.50.12/24,\n           ip: 10.1.0.12/24",
+    )
+    m.edit(
+        "test_network: isolated,\n           ip: 10.1.0.11/24", "ip: 10.1.0.11/24"
+    )  # web01: no test network
+    m.run("execute", PB)
+    replica = {d: sha256(m.disk(d)) for d in ("db01-disk0", "db01-disk1", "web01-disk0")}
+    original = source_hashes(m)
+
+    out = m.run("cutover", PB, "db01", "web01", "--test").stdout
+    assert "cutover --test: 10 step(s) done" in out, out
+    db01 = json.loads((m.sim / "vms" / "db01-test.json").read_text())
+    assert [(n["network"], n["connected"]) for n in db01["nics"]] == [("isolated", True)]
+    assert [d["name"] for d in db01["disks"]] == ["db01-test-disk0", "db01-test-disk1"]
+    console = (m.sim / "vms" / "db01-test.console.log").read_text()
+    assert "192.168.50.12/24" in console and "10.1.0.12" not in console  # its test address, not production's
+    web01 = json.loads((m.sim / "vms" / "web01-test.json").read_text())
+    assert [(n["network"], n["connected"]) for n in web01["nics"]] == [("prod", False)]  # no link
+    assert not (m.sim / "vms" / "db01.json").exists()  # the replica itself is not created
+    assert {d: sha256(m.disk(d)) for d in replica} == replica  # nor are its disks changed
+    assert sha256(m.disk("db01-test-disk1")) == replica["db01-disk1"]
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    states = {s["name"]: s["state"] for s in status["servers"]}
+    assert states == {
+        "db01": "ready for cutover (test copy up)",
+        "web01": "ready for cutover (test copy up)",
+        "app01": "ready for cutover",
+    }
+
+    # Replication goes on under the test copy: a sync moves the source's change into the replica only.
+    data = m.images / "db01-data.raw"
+    with data.open("r+b") as handle:
+        handle.seek(5 * 2**20)
+        handle.write(b"written during the test" * 100)
+    m.run("sync", PB, "db01")
+    assert sha256(m.disk("db01-disk1")) == sha256(data) != sha256(m.disk("db01-test-disk1"))
+
+    undo = m.run("undo", PB, "db01", "--test", "--yes").stdout
+    assert "db01/create_test_copy" in undo and "db01/clone_test_disks" in undo and "db01/mirror" not in undo
+    assert not (m.sim / "vms" / "db01-test.json").exists() and not m.disk("db01-test-disk0").exists()
+    assert m.disk("db01-disk0").exists() and (m.sim / "vms" / "web01-test.json").exists()
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["name"]: s["state"] for s in status["servers"]}["db01"] == "ready for cutover"
+    assert "nothing to undo" in m.run("undo", PB, "db01", "--test", "--yes").stdout
+
+    # A live cutover removes a test copy still up first, then cuts over as usual.
+    cut = m.run("cutover", PB).stdout
+    assert "removing the test copy first: web01/create_test_copy, web01/clone_test_disks" in cut
+    assert sorted(p.name for p in (m.sim / "vms").glob("*.json")) == ["app01.json", "db01.json", "web01.json"]
+    assert not list((m.sim / "datastores" / "default").glob("*-test-*"))
+    status = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["state"] for s in status["servers"]} == {"cut over"}
+    assert all(s["steps_done"] == s["steps_total"] for s in status["servers"])
+    refused = m.run("cutover", PB, "db01", "--test", check=1)
+    assert "already cut over" in refused.stdout + refused.stderr
+    data_hash = sha256(data)
+    assert source_hashes(m) == {**original, "db01-data.raw": data_hash}  # sources only read (bar our edit)

@@ -38,8 +38,8 @@ def playbook(*servers: dict[str, Any], **defaults: Any) -> Playbook:
     )
 
 
-def kinds_in_order(plan: Any, name: str) -> list[str]:
-    sub = plan.graph.subgraph([s.id for s in plan.server_steps(name) if s.phase != "cleanup"])
+def kinds_in_order(plan: Any, name: str, phases: tuple[str, ...] = ("replicate", "cutover")) -> list[str]:
+    sub = plan.graph.subgraph([s.id for s in plan.server_steps(name) if s.phase in phases])
     return [plan.node(n).kind for n in nx.topological_sort(sub)]
 
 
@@ -75,6 +75,19 @@ def test_server_chain_follows_design_order() -> None:
         "update_dns",
         "run_post_script",
     ]
+
+
+def test_test_cutover_is_its_own_phase_branching_off_a_staged_replica() -> None:
+    plan = build_plan(playbook(server("db01")))
+    assert kinds_in_order(plan, "db01", ("test",)) == [
+        "clone_test_disks",
+        "stage_test_copy",
+        "create_test_copy",
+        "power_on_test_copy",
+        "verify_test_copy",
+    ]
+    assert list(plan.graph.predecessors("db01/clone_test_disks")) == ["db01/remap_nics"]
+    assert not any(plan.node(n).phase == "test" for n in nx.descendants(plan.graph, "db01/cutover_gate"))
 
 
 def test_optional_steps_are_left_out_when_they_would_do_nothing() -> None:
