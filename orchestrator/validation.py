@@ -390,6 +390,13 @@ _rule(
     f"{_CARBONITE}, Failover options: Shutdown source server",
 )
 _rule(
+    "source.no_quiesce",
+    W,
+    "an SSH source pauses no writes for the final pass: its read-write filesystems are copied live",
+    "set source.quiesce (fsfreeze, lvm_snapshot or services) or source.quiesce_command; or, if a "
+    "crash-consistent copy is acceptable, set cutover.unquiesced_writes: allow",
+)
+_rule(
     "appliance.second_appliance",
     N,
     "a shared appliance would pass its disk limit; a second one is used",
@@ -1543,6 +1550,30 @@ def check_auto_cutover_shutdown(context: Context) -> Iterator[Finding]:
                 path=(*base, "shutdown_source"),
                 server=server.name,
             )
+
+
+@check
+def check_ssh_quiesce(context: Context) -> Iterator[Finding]:
+    """Shutting the source down does not stand in for quiesce: the final pass runs before the shutdown."""
+    for path, server in context.servers():
+        source = server.source
+        if not isinstance(source, SshSource) or source.quiesce != "none" or source.quiesce_command:
+            continue
+        policy = context.playbook.cutover_for(server).unquiesced_writes
+        if policy == "allow":
+            continue
+        then = (
+            "cutover will refuse (cutover.unquiesced_writes: refuse) while one is mounted read-write"
+            if policy == "refuse"
+            else "cutover will warn and copy them crash-consistent, as after a power cut"
+        )
+        yield context.finding(
+            "source.no_quiesce",
+            f"{server.name}: no quiesce is configured for {source.host}, so the final pass copies its "
+            f"filesystems while they are written; {then}",
+            path=(*path, "source", "quiesce"),
+            server=server.name,
+        )
 
 
 @check

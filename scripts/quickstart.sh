@@ -23,6 +23,8 @@ step migrate plan "$pb"
 step migrate execute "$pb" --dry-run --report quickstart-dry-run.html
 step migrate execute "$pb"
 step migrate sync "$pb"
+step migrate cutover "$pb" db01 --test   # boot a copy of db01 on the isolated network while replication goes on
+step migrate undo "$pb" db01 --test --yes
 step migrate cutover "$pb"
 step migrate status "$pb"
 step migrate report "$pb" --format html -o quickstart-report.html

@@ -115,6 +115,16 @@ class CutoverOptions(Model):
         "sync; manual: stop at the cutover gate and wait for `migrate cutover`",
     )
     shutdown_source: bool = Field(True, description="shut the source down after the final sync")
+    unquiesced_writes: Literal["warn", "refuse", "allow"] = Field(
+        "warn",
+        description="an SSH source without quiesce (quiesce: none, no quiesce_command) whose source disks "
+        "hold filesystems mounted read-write has them copied by the final pass while they are written "
+        "(crash-consistent, as after a power cut). warn: a warning names each disk and mountpoint and the "
+        "cutover goes on (the default: journaling filesystems recover such a copy, playbooks that worked "
+        "keep working, and `migrate validate` warns beforehand as source.no_quiesce); refuse: "
+        "quiesce_source fails before anything stops; allow: accepted without a word, source.no_quiesce "
+        "included",
+    )
     pre_script: str | None = Field(
         None,
         description="command run on the orchestrator before cutover; "
@@ -225,6 +235,27 @@ class KvmProviderConfig(Model):
     )
     sudo: bool = Field(
         False, description="qemu+ssh:// only: run the writer and qemu-nbd under sudo -n when not root"
+    )
+    appliance_image: Path | None = Field(
+        None,
+        description="the recovery appliance image (qcow2, built by `python -m providers.kvm.appliance_image "
+        "build PATH`); setting it enables appliance: shared and dedicated (local libvirt URIs). Uploaded "
+        "once into storage_pool as a base volume that stays; each appliance boots from an overlay on it",
+    )
+    appliance_network: str = Field(
+        "default",
+        description="libvirt network for the appliances' NIC: it must give DHCP leases (libvirt's dnsmasq) "
+        "and this machine must reach its addresses, as it does on the 'default' NAT network",
+    )
+    appliance_cpus: int = Field(2, ge=1, le=64, description="vCPUs of each appliance VM")
+    appliance_memory: Size = Field(1024**3, description="memory of each appliance VM")
+    appliance_boot_timeout: Duration = Field(
+        600, description="how long an appliance may take from power-on to letting the provider in over SSH"
+    )
+    appliance_keys: Path = Field(
+        Path("~/.local/state/hvmigrate/appliance-keys"),
+        description="folder on this machine for the SSH keys minted per appliance (mode 0700; never "
+        "journaled); an appliance's keys go when it is released",
     )
 
 
@@ -443,7 +474,17 @@ class DiskMap(Model):
 class NicMap(Model):
     source_mac: str | None = Field(None, description="the source NIC this maps; default: by position")
     network: str | None = Field(None, description="target network / port group / virtual switch")
-    test_network: str | None = Field(None, description="isolated network used by a test cutover")
+    test_network: str | None = Field(
+        None,
+        description="isolated network a test cutover connects this NIC to; without it the test copy's "
+        "NIC has no link (nothing it says can reach production)",
+    )
+    test_ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | Literal["dhcp"] | None = Field(
+        None, description="the test copy's address on test_network (CIDR or dhcp); default: the replica's"
+    )
+    test_gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None = Field(
+        None, description="the test copy's gateway; default: none when test_ip is given, else the replica's"
+    )
     ip: ipaddress.IPv4Interface | ipaddress.IPv6Interface | Literal["dhcp", "keep"] = Field(
         "keep", description="CIDR address, dhcp, or keep the source's"
     )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from orchestrator.convergence import assess
 from orchestrator.journal import Journal, StepRecord
-from orchestrator.planner import Plan
+from orchestrator.planner import TEST_CHAIN, Plan
 from orchestrator.playbook.models import Playbook, Server
 from orchestrator.report.model import FindingView, RunReport, ServerSummary, StepTiming, utc_now_iso
 
@@ -20,7 +20,11 @@ DATA_KINDS = ("mirror", "sync", "final_sync")
 
 def server_state(records: dict[str, StepRecord], server: str) -> str:
     """One word for where a server is: failed, cut over, ready for cutover, replicating, planned."""
-    mine = {r.kind: r for r in records.values() if r.server == server and r.kind != "cleanup_on_error"}
+    mine = {
+        r.kind: r
+        for r in records.values()
+        if r.server == server and r.kind != "cleanup_on_error" and r.kind not in TEST_CHAIN
+    }
     states = {r.state for r in mine.values()}
     if "failed" in states:
         return "failed"
@@ -34,12 +38,16 @@ def server_state(records: dict[str, StepRecord], server: str) -> str:
     ]
     if not last:
         return "undone" if "undone" in states else "planned"
-    return {
+    state = {
         "verify_replica": "cut over",
         "remap_nics": "ready for cutover",
         "mirror": "replicating",
         "discover_source": "preparing",
     }[last[0]]
+    test = next((r for r in records.values() if r.server == server and r.kind == "verify_test_copy"), None)
+    if last[0] == "remap_nics" and test is not None and test.state == "done":
+        state += " (test copy up)"
+    return state
 
 
 def _source_label(server: Server) -> str:
@@ -63,7 +71,7 @@ def build_run_report(
     steps: list[StepTiming] = []
     for node in plan.steps():
         record = records.get(node.id)
-        if record is None or (node.phase == "cleanup" and record.state == "pending"):
+        if record is None or (node.phase in ("cleanup", "test") and record.state == "pending"):
             continue
         output = record.output or {}
         steps.append(
@@ -117,14 +125,18 @@ def _server_summary(
     moved = sum(int((mine[k].output or {}).get("bytes_written", 0)) for k in DATA_KINDS if k in mine)
     started = [r.started_at for r in mine.values() if r.started_at]
     ended = [r.ended_at for r in mine.values() if r.ended_at]
-    down_from = mine.get("shutdown_source") or mine.get("quiesce_source")
+    down_from = downtime_start(mine)
     up = mine.get("verify_replica")
     measured = None
-    if down_from and down_from.started_at and up and up.state == "done" and up.ended_at:
-        measured = up.ended_at - down_from.started_at
+    if down_from is not None and up and up.state == "done" and up.ended_at and up.ended_at >= down_from:
+        measured = up.ended_at - down_from
     passes = (journal.load_checkpoint(f"{name}/passes") or {}).get("passes", [])
     verdict = assess(passes, interval=interval)
-    counted = [r for r in mine.values() if r.kind != "cleanup_on_error"]
+    counted = [  # a test copy's steps count while it exists, not as work left to do
+        r
+        for r in mine.values()
+        if r.kind != "cleanup_on_error" and not (r.kind in TEST_CHAIN and r.state in ("pending", "undone"))
+    ]
     return ServerSummary(
         name=name,
         source=_source_label(server),
@@ -139,6 +151,33 @@ def _server_summary(
         lag=verdict.lag,
         convergence=verdict.state if passes else None,
     )
+
+
+def downtime_start(mine: dict[str, StepRecord]) -> float | None:
+    """When the source stopped serving for the last time before its replica took over.
+
+    That is when quiesce_source started (services stop, filesystems freeze), before the final pass and
+    the shutdown. A quiesce that journaled a state with nothing in it paused nothing (no quiesce
+    configured, or every filesystem left live): the source served on until shutdown_source started, when
+    there is one. A final pass that failed thawed the source, which then served again until the pass
+    that succeeded quiesced it anew (final_sync's ``requiesced_at``): the outage began then.
+    """
+    quiesce, shutdown = mine.get("quiesce_source"), mine.get("shutdown_source")
+    quiesced = quiesce.started_at if quiesce is not None else None
+    stopped = shutdown.started_at if shutdown is not None else None
+    state = (quiesce.output or {}).get("source_state") if quiesce is not None else None
+    paused_nothing = isinstance(state, dict) and not state.get("actions")
+    if quiesced is None or (paused_nothing and stopped is not None):
+        start = stopped
+    else:
+        start = min(quiesced, stopped) if stopped is not None else quiesced
+    if start is None:
+        return None
+    final = mine.get("final_sync")
+    requiesced = (final.output or {}).get("requiesced_at") if final is not None else None
+    if isinstance(requiesced, int | float) and requiesced > start:
+        start = float(requiesced)
+    return start
 
 
 def _series(steps: list[StepTiming]) -> list[tuple[float, float]]:

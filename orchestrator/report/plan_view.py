@@ -10,10 +10,15 @@ from rich.tree import Tree
 from orchestrator.planner import Plan
 from orchestrator.steps import registry
 
+_PHASE_RANK = {"replicate": 0, "cutover": 1, "test": 2, "cleanup": 3}
+
 
 def _order(plan: Plan) -> list[str]:
+    """Dependency order; among steps ready at once, the phases in the order a migration meets them."""
     return list(
-        nx.lexicographical_topological_sort(plan.graph, key=lambda n: (plan.node(n).phase == "cleanup", n))
+        nx.lexicographical_topological_sort(
+            plan.graph, key=lambda n: (_PHASE_RANK.get(plan.node(n).phase, 9), n)
+        )
     )
 
 
@@ -45,6 +50,7 @@ def plan_tree(plan: Plan, *, max_servers: int = 50) -> Tree:
                 label = {
                     "replicate": "replicate (execute, sync)",
                     "cutover": "cutover (migrate cutover)",
+                    "test": "test copy (migrate cutover --test; undo --test)",
                     "cleanup": "on failure only",
                 }.get(phase, phase)
                 phase_branch = branch.add(f"[yellow]{label}[/]")

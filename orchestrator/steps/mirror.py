@@ -24,7 +24,7 @@ from orchestrator.planner import source_host
 from orchestrator.playbook.units import format_size
 from orchestrator.steps.base import Cancelled, Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, replica_disks
-from orchestrator.steps.cutover import quiesce_state
+from orchestrator.steps.cutover import quiesce_state, thawed_marker
 from orchestrator.steps.guest import boot_disk_index, reapply_staged_state, staged_edit_count
 from orchestrator.transport import TransportError
 from providers.base import AgentLocation, DiskEndpoint
@@ -272,9 +272,11 @@ class FinalSync(_MirrorPass):
         taken from a live source by accident.
         """
         source = ctx.source()
-        thawed_key = f"{ctx.server.name}/thawed_before_final_sync"
+        thawed_key = thawed_marker(ctx)
         state = quiesce_state(ctx)
+        requiesced_at = None
         if ctx.load_checkpoint(thawed_key):
+            requiesced_at = time.time()  # the service stops again here: measured downtime starts anew
             state = source.quiesce()
             ctx.checkpoint(thawed_key, None)
             ctx.event("source quiesced again for the final pass")
@@ -291,4 +293,4 @@ class FinalSync(_MirrorPass):
             raise failure from None
         if not ctx.playbook.cutover_for(ctx.server).shutdown_source:
             source.thaw(state)
-        return output
+        return {**output, "requiesced_at": requiesced_at} if requiesced_at else output

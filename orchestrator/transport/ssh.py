@@ -325,30 +325,59 @@ class SshTransport:
             )
 
     def _login(self, transport: paramiko.Transport) -> None:
+        """Key first, then password; one line says what each attempt met and what to change."""
         who = f"{self.user}@{self.name}"
         if self.key_file is None and self._password is None:
             raise TransportError(f"no SSH key or password given for {who}: set key or password")
-        failures = []
+        failures: list[tuple[str, str]] = []  # (what happened, what to change)
         if self.key_file is not None:
-            try:
-                key = paramiko.PKey.from_path(self.key_file, _reveal(self._key_passphrase))
-                transport.auth_publickey(self.user, key)
+            failure = self._try_key(transport, self.key_file)
+            if failure is None:
                 return
-            except FileNotFoundError:
-                failures.append(f"key file {self.key_file} does not exist")
-            except paramiko.AuthenticationException:
-                failures.append(f"key {self.key_file} refused")
-            except paramiko.SSHException as exc:
-                failures.append(f"key {self.key_file} unusable ({exc})")
+            failures.append(failure)
         if self._password is not None:
             try:
                 transport.auth_password(self.user, _reveal(self._password))
                 return
+            except paramiko.BadAuthenticationType as exc:
+                allowed = ", ".join(exc.allowed_types)
+                change = "" if self.key_file else "set key"  # a key that was tried has its own fix
+                failures.append((f"password logins are off there (it allows: {allowed})", change))
             except paramiko.AuthenticationException:
-                failures.append("password refused")
-        error = TransportError(f"SSH login as {who} failed: {'; '.join(failures)}; check the credentials")
+                failures.append(("the password was not accepted", "check password"))
+        said = "; ".join(what for what, _ in failures)
+        fix = "; ".join(dict.fromkeys(change for _, change in failures if change))
+        error = TransportError(f"SSH login as {who} failed: {said}; {fix}")
         error.retryable = False
         raise error
+
+    def _try_key(self, transport: paramiko.Transport, path: Path) -> tuple[str, str] | None:
+        """None when the key logged in, else (what happened, what to change); never the passphrase."""
+        try:
+            key = paramiko.PKey.from_path(path, _reveal(self._key_passphrase))
+        except FileNotFoundError:
+            return f"key file {path} does not exist", "set key to the private key file"
+        except paramiko.PasswordRequiredException:
+            return f"key {path} is protected by a passphrase", "use a key without one"
+        except OSError as exc:
+            return f"key file {path} cannot be read ({exc.strerror or exc})", "make it readable"
+        except (paramiko.SSHException, ValueError, TypeError) as exc:
+            if isinstance(exc, TypeError) and "password" in str(exc):
+                # cryptography's own words for an encrypted OpenSSH-format key opened without one
+                return f"key {path} is protected by a passphrase", "use a key without one"
+            return f"key {path} is unusable ({exc})", "set key to an OpenSSH private key file"
+        try:
+            transport.auth_publickey(self.user, key)
+        except paramiko.BadAuthenticationType as exc:
+            allowed = ", ".join(exc.allowed_types)
+            return f"key logins are off there (it allows: {allowed})", "set password"
+        except paramiko.AuthenticationException:
+            return (
+                f"key {path} was refused",
+                f"add its public key (ssh-keygen -y -f {path}) to {self.user}'s ~/.ssh/authorized_keys "
+                f"on {self.host}, or set key to one it accepts",
+            )
+        return None
 
     # ------------------------------------------------------------ processes
 

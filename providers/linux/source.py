@@ -20,9 +20,17 @@ from orchestrator.mirror.errors import MirrorError
 from orchestrator.playbook.models import SshSource as SshSourceConfig
 from orchestrator.playbook.secrets import redact
 from orchestrator.transport.ssh import SshTransport
-from providers.base import AgentLocation, DiskReader, ProviderError, SourceFacts, TransientProviderError
+from providers.base import (
+    AgentLocation,
+    DiskReader,
+    LiveMount,
+    ProviderError,
+    SourceFacts,
+    TransientProviderError,
+)
 
 from .facts import facts_from_discovery
+from .mounts import live_mounts, parse_mountinfo
 from .power import answers_ssh, power_off
 from .quiesce import Quiescer, QuiesceState
 from .shell import RemoteShell
@@ -111,6 +119,21 @@ class SshSource:
         self._state = state  # filled in as it goes: a failed quiesce leaves what it could not thaw
         self.quiescer().quiesce(state)
         return state.to_json()
+
+    def quiesce_configured(self) -> bool:
+        """Whether the playbook pauses writes at all; a thaw_command alone pauses nothing."""
+        return self.config.quiesce != "none" or bool(self.config.quiesce_command)
+
+    def unquiesced_mounts(self) -> list[LiveMount]:
+        """Read-write mounts on the source disks that the final pass would copy live: none when quiesce is
+        configured (it is trusted to pause what matters), else every one the host shows."""
+        if self.quiesce_configured():
+            return []
+        found, names = self.discovery()
+        table = self.shell().check(
+            ["cat", "/proc/self/mountinfo"], "reading the mount table", privileged=False
+        )
+        return live_mounts(found, names, parse_mountinfo(table.stdout))
 
     @property
     def quiesce_state(self) -> dict[str, Any] | None:

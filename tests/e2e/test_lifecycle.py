@@ -139,13 +139,7 @@ def test_test_cutover_boots_an_isolated_copy_while_syncing_goes_on_and_undo_test
     migration: Migration,
 ) -> None:
     m = migration
-    m.edit(
-        "test_network: isolated,\n           ip: 10.1.0.12/24",
-        "test_network: isolated, test_ip: 192.168.50.12/24,\n           ip: 10.1.0.12/24",
-    )
-    m.edit(
-        "test_network: isolated,\n           ip: 10.1.0.11/24", "ip: 10.1.0.11/24"
-    )  # web01: no test network
+    m.edit("test_network: isolated,\n           ip: 10.1.0.11/24", "ip: 10.1.0.11/24")  # web01: none
     m.run("execute", PB)
     replica = {d: sha256(m.disk(d)) for d in ("db01-disk0", "db01-disk1", "web01-disk0")}
     original = source_hashes(m)

@@ -22,16 +22,18 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.mirror.remote import mirror_remote
-from orchestrator.playbook.models import Server
+from orchestrator.playbook.models import Playbook, Server
 from orchestrator.playbook.models import SshSource as SshSourceConfig
 from orchestrator.quickstart import MbrPartition, make_ext4, write_mbr
+from orchestrator.steps.base import StepFailed, StepNode
+from orchestrator.steps.cutover import QuiesceSource
 from orchestrator.transport.local import LocalTransport
 from providers.base import AgentLocation, ProviderError, Source
 from providers.linux import SshSource
@@ -237,6 +239,54 @@ servers:
     unmapped = [f for f in findings if f["rule_id"] == "disk.unmapped_source"]
     host_disks = lsblk_disks() if shutil.which("lsblk") else []
     assert all(name in unmapped[0]["message"] for name in host_disks) if host_disks else not unmapped
+
+
+def test_a_key_the_server_refuses_is_one_clear_line_without_the_password(
+    sshd_server: SshServer, sources: list[SshSource], tmp_path: Path
+) -> None:
+    """Through `migrate validate --discover`, as an operator meets it: which login, which key, what to do
+    next; no traceback, and the password tried after the key never shows."""
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    password = "pw-" + secrets.token_hex(8)
+    disk = partitioned_disk(tmp_path / "db01-vda.img")
+    playbook = tmp_path / "wave.yaml"
+    playbook.write_text(
+        f"""\
+apiVersion: hvmigrate/v1
+kind: MigrationPlaybook
+name: ssh-wave
+providers:
+  local: {{type: sim, root: ./sim}}
+servers:
+  - name: db01
+    source: {{type: ssh, host: {sshd_server.host}, port: {sshd_server.port}, user: {sshd_server.user},
+             key: {stranger}, known_hosts: {sshd_server.known_hosts}, password: "${{env:DB01_PASSWORD}}"}}
+    target: {{provider: local, vm_name: db01, disks: [{{source: {disk}, format: raw}}]}}
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "validate", "--discover", "--json", str(playbook)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DB01_PASSWORD": password},
+    )
+    assert done.returncode in (0, 1), done.stderr
+    where = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
+    (line,) = [text for text in done.stderr.splitlines() if "could not be discovered" in text]
+    assert f"SSH login as {where} failed: key {stranger} was refused" in line
+    assert "password logins are off there (it allows: publickey)" in line  # sshd_config says so
+    assert f"add its public key (ssh-keygen -y -f {stranger})" in line and "authorized_keys" in line
+    assert "Traceback" not in done.stderr and password not in done.stderr + done.stdout
+    assert "facts.not_discovered" in {f["rule_id"] for f in json.loads(done.stdout)}
+
+    # a key that needs a passphrase is named as such, not as refused
+    locked = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)], check=True)
+    with pytest.raises(ProviderError) as caught:
+        open_ssh(sshd_server, sources, [str(disk)], key=str(locked)).discover()
+    assert f"key {locked} is protected by a passphrase; use a key without one" in str(caught.value)
 
 
 # ---------------------------------------------------------------- quiesce: user commands
@@ -791,3 +841,173 @@ def test_a_clean_poweroff_the_host_cannot_do_is_reported(
     with pytest.raises(ProviderError, match=r"powering off 127\.0\.0\.1 failed: .*shut it down by hand"):
         source.shutdown(timeout=60, force=False)
     assert answers_ssh("127.0.0.1", namespaced_sshd.port)
+
+
+# ---------------------------------------------------------------- cutover without quiesce
+
+
+@dataclass
+class CutoverContext:
+    """The narrow StepContext quiesce_source sees: the playbook, its source, and the events it journals."""
+
+    playbook: Any
+    opened: list[SshSource]
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    checkpoints: dict[str, Any] = field(default_factory=dict)
+    node: StepNode = field(
+        default_factory=lambda: StepNode("db01/quiesce_source", "quiesce_source", "db01", "cutover")
+    )
+    state_dir: Path = Path(".")
+    base_dir: Path = Path(".")
+    _source: SshSource | None = None
+
+    @property
+    def server(self) -> Server:
+        return self.playbook.servers[0]
+
+    def source(self) -> SshSource:
+        if self._source is None:
+            self._source = open_source(self.server, {})  # type: ignore[assignment]
+            self.opened.append(self._source)  # type: ignore[arg-type]
+        return self._source  # type: ignore[return-value]
+
+    def output(self, step_id: str) -> dict[str, Any]:
+        raise KeyError(step_id)  # quiesce_source runs first in the cutover: nothing of its own yet
+
+    def checkpoint(self, key: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            self.checkpoints.pop(key, None)
+        else:
+            self.checkpoints[key] = value
+
+    def event(self, message: str, *, level: str = "info", **data: Any) -> None:
+        self.events.append((level, message, data))
+
+    def warnings(self) -> list[str]:
+        return [message for level, message, _ in self.events if level == "warning"]
+
+
+def cutover_context(
+    server: SshServer, opened: list[SshSource], disk: Path, cutover: dict[str, Any], **source: Any
+) -> CutoverContext:
+    playbook = Playbook.model_validate(
+        {
+            "apiVersion": "hvmigrate/v1",
+            "kind": "MigrationPlaybook",
+            "name": "unquiesced",
+            "defaults": {"cutover": cutover},
+            "providers": {"local": {"type": "sim", "root": "./sim"}},
+            "servers": [
+                {
+                    "name": "db01",
+                    "source": ssh_config(server, **source).model_dump(exclude_none=True),
+                    "target": {"provider": "local", "disks": [{"source": str(disk), "format": "raw"}]},
+                }
+            ],
+        }
+    )
+    return CutoverContext(playbook, opened)
+
+
+def test_unquiesced_rw_mount_is_a_warning_naming_disk_and_mountpoint(
+    sshd_server: SshServer, sources: list[SshSource], mounted_disk: MountedDisk
+) -> None:
+    ctx = cutover_context(sshd_server, sources, mounted_disk.image, {"shutdown_source": False})
+    assert ctx.playbook.defaults.cutover.unquiesced_writes == "warn"  # the default
+    ctx.checkpoints["db01/thawed_before_final_sync"] = {"at": 1.0}  # left by a failed pass before an undo
+    output = QuiesceSource().run(ctx)  # type: ignore[arg-type]
+    assert ctx.checkpoints == {}  # quiesced now: the final pass must not quiesce a second time
+    (warning,) = ctx.warnings()
+    assert f"{mounted_disk.loop} on {mounted_disk.mountpoint} (disk {mounted_disk.image})" in warning
+    assert "no quiesce is configured" in warning and "cutover.unquiesced_writes: allow" in warning
+    assert "\n" not in warning
+    assert output["unquiesced_mounts"] == [
+        {
+            "disk": str(mounted_disk.image),
+            "device": mounted_disk.loop,
+            "mountpoints": [str(mounted_disk.mountpoint)],
+        }
+    ]
+    assert "source quiesced" in [message for _, message, _ in ctx.events]  # and the cutover went on
+
+
+def test_unquiesced_rw_mount_is_refused_before_anything_is_paused(
+    sshd_server: SshServer, sources: list[SshSource], mounted_disk: MountedDisk, tmp_path: Path
+) -> None:
+    log = tmp_path / "thaw.log"
+    ctx = cutover_context(
+        sshd_server,
+        sources,
+        mounted_disk.image,
+        {"unquiesced_writes": "refuse"},
+        thaw_command=f"echo thaw >> {log}",  # a thaw alone pauses nothing: still no quiesce
+    )
+    with pytest.raises(StepFailed) as caught:
+        QuiesceSource().run(ctx)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("db01: no quiesce is configured and ")
+    assert f"{mounted_disk.loop} on {mounted_disk.mountpoint} (disk {mounted_disk.image})" in message
+    assert "source.quiesce (fsfreeze, lvm_snapshot or services) or source.quiesce_command" in message
+    assert "cutover.unquiesced_writes: warn" in message and "nothing was stopped" in message
+    assert "\n" not in message and not caught.value.retryable
+    assert ctx.source().quiesce_state is None  # quiesce never ran
+    assert not log.exists() and ctx.events == []
+
+
+def test_configured_quiesce_read_only_mounts_and_allow_say_nothing(
+    sshd_server: SshServer, sources: list[SshSource], mounted_disk: MountedDisk, tmp_path: Path
+) -> None:
+    refuse = {"unquiesced_writes": "refuse"}
+    # fsfreeze configured: the filesystem is frozen for the pass, nothing is said about it
+    frozen_ctx = cutover_context(sshd_server, sources, mounted_disk.image, refuse, quiesce="fsfreeze")
+    output = QuiesceSource().run(frozen_ctx)  # type: ignore[arg-type]
+    try:
+        assert frozen(mounted_disk.mountpoint)
+    finally:
+        frozen_ctx.source().thaw(output["source_state"])
+    assert frozen_ctx.warnings() == [] and "unquiesced_mounts" not in output
+    # the playbook's own quiesce command counts as quiesce too
+    command_ctx = cutover_context(
+        sshd_server, sources, mounted_disk.image, refuse, quiesce_command=f"touch {tmp_path / 'flushed'}"
+    )
+    QuiesceSource().run(command_ctx)  # type: ignore[arg-type]
+    assert (tmp_path / "flushed").exists() and command_ctx.warnings() == []
+    # allow: accepted without asking the host
+    allow_ctx = cutover_context(sshd_server, sources, mounted_disk.image, {"unquiesced_writes": "allow"})
+    assert "unquiesced_mounts" not in QuiesceSource().run(allow_ctx)  # type: ignore[arg-type]
+    assert allow_ctx.warnings() == []
+    # mounted read-only: nothing can change under the copy
+    subprocess.run(["mount", "-o", "remount,ro", str(mounted_disk.mountpoint)], check=True)
+    read_only = cutover_context(sshd_server, sources, mounted_disk.image, refuse)
+    QuiesceSource().run(read_only)  # type: ignore[arg-type]
+    assert read_only.warnings() == []
+    assert read_only.source().unquiesced_mounts() == []
+
+
+def test_a_partition_mounted_through_an_offset_loop_is_traced_to_its_disk(
+    sshd_server: SshServer, sources: list[SshSource], tmp_path: Path
+) -> None:
+    """A partition of a disk (here a file, its partition mapped with losetup -o) is reported under the
+    disk the playbook names; the disk's other, unmounted image is not reported at all."""
+    if not IS_ROOT or shutil.which("losetup") is None:
+        pytest.skip("needs root: loop devices and mount")
+    disk = partitioned_disk(tmp_path / "db01-vda.img")
+    idle = partitioned_disk(tmp_path / "db01-vdb.img")
+    mountpoint = tmp_path / "root mnt"  # a space: the mount table escapes it as \040
+    mountpoint.mkdir()
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "-o", str(MiB), str(disk)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount", loop, str(mountpoint)], check=True, capture_output=True)
+        try:
+            source = open_ssh(sshd_server, sources, [str(idle), str(disk)])
+            (live,) = source.unquiesced_mounts()
+            assert (live.disk, live.device, live.mountpoints) == (str(disk), loop, (str(mountpoint),))
+            ctx = cutover_context(sshd_server, sources, disk, {"unquiesced_writes": "refuse"})
+            with pytest.raises(StepFailed, match=f"{loop} on {mountpoint} \\(disk {disk}\\) is mounted"):
+                QuiesceSource().run(ctx)  # type: ignore[arg-type]
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=True)

@@ -68,7 +68,13 @@ def clean_playbook() -> dict[str, Any]:
         "servers": [
             {
                 "name": "db01",
-                "source": {"type": "ssh", "host": "10.0.0.6", "user": "root", "key": "/root/.ssh/id_ed25519"},
+                "source": {
+                    "type": "ssh",
+                    "host": "10.0.0.6",
+                    "user": "root",
+                    "key": "/root/.ssh/id_ed25519",
+                    "quiesce": "fsfreeze",
+                },
                 "target": {
                     "provider": "lab-kvm",
                     "disks": [{"source": "/dev/vda", "format": "qcow2"}],
@@ -86,7 +92,7 @@ def clean_playbook() -> dict[str, Any]:
             {
                 "name": "web01",
                 "depends_on": ["db01"],
-                "source": {"type": "ssh", "host": "10.0.0.7"},
+                "source": {"type": "ssh", "host": "10.0.0.7", "quiesce_command": "sync"},
                 "target": {
                     "provider": "vcenter",
                     "disks": [{"source": "/dev/sda", "datastore": "ds1"}, {"source": "/dev/sdb"}],
@@ -521,6 +527,11 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     doc["defaults"] = {"cutover": {"mode": "auto", "shutdown_source": False}}
 
 
+@case("source.no_quiesce", ("servers", 0, "source"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    del server(doc, 0)["source"]["quiesce"]  # the default, none: reported at the source
+
+
 @case("appliance.second_appliance", ("servers", 3, "target"))
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     limits(inv, "lab-kvm", max_disks_per_appliance=1)
@@ -827,6 +838,28 @@ def test_server_cutover_override_is_located_on_the_server() -> None:
     (finding,) = of(findings, "cutover.auto_without_shutdown")
     assert finding.server == "web01"
     assert locate.path_of(finding.location) == ("servers", 1, "cutover", "shutdown_source")
+
+
+def test_no_quiesce_says_what_cutover_will_do_and_allow_silences_it() -> None:
+    document = clean_playbook()
+    del server(document, 0)["source"]["quiesce"]
+    del server(document, 1)["source"]["quiesce_command"]
+    server(document, 1)["source"]["thaw_command"] = "true"  # a thaw alone pauses nothing
+    server(document, 1)["cutover"] = {"unquiesced_writes": "refuse"}
+    findings, _ = run(document)
+    warned, refused = of(findings, "source.no_quiesce")
+    assert (warned.server, refused.server) == ("db01", "web01")
+    assert warned.severity is Severity.WARNING
+    assert "no quiesce is configured for 10.0.0.6" in warned.message and "cutover will warn" in warned.message
+    assert "cutover will refuse" in refused.message
+    assert "cutover.unquiesced_writes: allow" in warned.fix
+
+    document["defaults"] = {"cutover": {"unquiesced_writes": "allow"}}  # the server's own refuse still counts
+    findings, _ = run(document)
+    assert [f.server for f in of(findings, "source.no_quiesce")] == ["web01"]
+    server(document, 1)["source"]["quiesce"] = "services"
+    findings, _ = run(document)
+    assert of(findings, "source.no_quiesce") == []
 
 
 # ---------------------------------------------------------------- order, locations, JSON
