@@ -5,10 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # libvirt-dev and pkg-config build libvirt-python; ovmf lets the UEFI tests run; lvm2 the LVM snapshot ones;
-# debootstrap and extlinux build the bootable guest of the test bed (cached in /var/cache/hvmigrate-testbed).
+# debootstrap and extlinux build the bootable guest of the test bed (cached in /var/cache/hvmigrate-testbed);
+# golang-go and golang-github-vmware-govmomi-dev build vcsim, the ESX tests' vSphere endpoint.
 packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils
   libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config ovmf dnsmasq-base lvm2
-  debootstrap extlinux syslinux-common)
+  debootstrap extlinux syslinux-common golang-go golang-github-vmware-govmomi-dev)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -22,6 +23,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
   fi
 fi
-scripts/bootstrap.sh test,kvm
+scripts/bootstrap.sh test,kvm,esx
 .venv/bin/ruff check orchestrator providers tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .secrets import SecretStr
+from .secrets import Secret, SecretStr
 from .units import Duration, Rate, Size
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -260,6 +260,12 @@ class KvmProviderConfig(Model):
 
 
 class EsxProviderConfig(Model):
+    """A vCenter (datacenter, optionally a cluster) or a standalone ESXi, through the vSphere API.
+
+    The certificate is always verified: against ``ca_bundle`` (default: the system's CAs), or as the one
+    certificate whose SHA-256 ``thumbprint`` is pinned; ``insecure: true`` must be said explicitly.
+    """
+
     type: Literal["esx"]
     host: str
     port: int = Field(443, ge=1, le=65535)
@@ -276,6 +282,24 @@ class EsxProviderConfig(Model):
     insecure: bool = Field(False, description="skip certificate checks; shown as a warning in every report")
     appliance: str | None = Field(None, description="name of an existing recovery appliance VM")
     appliance_template: str | None = Field(None, description="template or OVA to provision appliances from")
+    scsi_controller: Literal["pvscsi", "lsilogic-sas"] = Field(
+        "lsilogic-sas",
+        description="SCSI controller for disks whose controller is scsi or unset: "
+        "lsilogic-sas boots any guest; "
+        "pvscsi is faster but needs its driver in the guest (Linux has it, Windows needs VMware Tools)",
+    )
+    disk_folder: str = Field(
+        "hvmigrate",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="datastore folder for replica VMDKs",
+    )
+    api_timeout: Duration = Field(60, description="how long one vSphere API call may take")
+    task_timeout: Duration = Field(
+        3600, description="how long one vSphere task (create, copy or delete a disk, create a VM) may take"
+    )
+    shutdown_timeout: Duration = Field(
+        120, description="how long a clean (guest) power-off may take before it fails (force stops at once)"
+    )
 
 
 class HypervProviderConfig(Model):
@@ -584,6 +608,134 @@ class Server(Model):
         return self.target.vm_name or self.name
 
 
+# ---------------------------------------------------------------- notifications
+
+NotificationEvent = Literal["step_failed", "not_converging", "ready_for_cutover", "cutover_done"]
+NOTIFICATION_EVENTS: tuple[str, ...] = ("step_failed", "not_converging", "ready_for_cutover", "cutover_done")
+_ADDRESS_RE = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _address(value: str) -> str:
+    """A bare address (no display name): anything else could smuggle a header into the mail."""
+    if not _ADDRESS_RE.match(value):
+        raise ValueError(f"expected a bare e-mail address like ops@corp.test, got {value!r}")
+    return value
+
+
+class EmailNotifications(Model):
+    """Mail through an SMTP relay: STARTTLS first, then AUTH, as a submission port (587) expects."""
+
+    server: str = Field(description="SMTP relay host name or address")
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = Field(
+        True,
+        description="switch to TLS before anything else (a relay that does not offer STARTTLS is refused); "
+        "false only for a relay on a trusted network, and then no password is ever sent",
+    )
+    user: str | None = Field(None, description="AUTH login; omit for a relay that takes mail unauthenticated")
+    password: SecretStr | None = Field(None, description="AUTH password; only ever sent over TLS")
+    sender: str = Field(description="the From: address, e.g. hvmigrate@corp.test")
+    to: list[str] = Field(min_length=1, description="recipients")
+    ca_bundle: Path | None = Field(
+        None, description="PEM file of the CA that signed the relay's certificate; default: the system's"
+    )
+    insecure: bool = Field(False, description="skip the relay's certificate check (explicit opt-in only)")
+    timeout: Duration = Field(30, description="per connection attempt and per SMTP command")
+    events: list[NotificationEvent] | None = Field(
+        None, description="events mailed; default: notifications.events"
+    )
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _address(value)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: list[str]) -> list[str]:
+        return [_address(item) for item in value]
+
+    @model_validator(mode="after")
+    def _credentials(self) -> EmailNotifications:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("give both user and password for SMTP AUTH, or neither")
+        if self.password is not None and not self.starttls:
+            raise ValueError("a password is only sent over TLS: set starttls: true, or drop user/password")
+        return self
+
+
+class WebhookNotifications(Model):
+    """A JSON POST per notice (event, plan, server, severity, step, message, time) to any HTTP endpoint."""
+
+    url: SecretStr = Field(
+        description="http(s) URL; a secret because chat webhooks (Slack, Teams, Mattermost) carry their "
+        "token in it: write ${env:NAME}. Redirects are not followed, so headers never reach another host"
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="extra request headers (Authorization: ${env:HOOK_TOKEN}); values are secrets",
+    )
+    timeout: Duration = Field(10, description="per request: connecting, sending and reading the answer")
+    ca_bundle: Path | None = Field(None, description="PEM CA file for an https URL; default: the system's")
+    insecure: bool = Field(False, description="skip the certificate check of an https URL (opt-in only)")
+    events: list[NotificationEvent] | None = Field(
+        None, description="events posted; default: notifications.events"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: Secret) -> Secret:
+        # The URL may hold a token, so the message names what is wrong, never the URL itself.
+        text = value.reveal()
+        scheme, _, rest = text.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+            raise ValueError("expected an http:// or https:// URL with a host")
+        if any(c in text for c in "\r\n\t "):
+            raise ValueError("the URL holds whitespace or a line break")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, Secret]) -> dict[str, Secret]:
+        for name, secret in value.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in ("content-type", "content-length", "host"):
+                raise ValueError(f"header {name} is set by hvmigrate itself")
+            if any(c in secret.reveal() for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name} holds a line break")
+        return value
+
+
+class Notifications(Model):
+    """Who hears about a run while nobody watches it: mail and a webhook, on the events chosen here.
+
+    Sending happens in the background and never fails or holds up a migration; a notice that cannot be
+    delivered is reported as a warning.
+    """
+
+    email: EmailNotifications | None = None
+    webhook: WebhookNotifications | None = None
+    events: list[NotificationEvent] = Field(
+        default_factory=lambda: list(NOTIFICATION_EVENTS),
+        description="step_failed (critical), not_converging (warning: incremental passes stopped "
+        "shrinking), ready_for_cutover (info: remap_nics done, the cutover gate not passed), cutover_done "
+        "(info: the server's last cutover step done)",
+    )
+    flush_timeout: Duration = Field(
+        30,
+        description="how long a command waits at its end for notices still being sent; what is left is "
+        "reported as undelivered, never waited for longer",
+    )
+
+    @model_validator(mode="after")
+    def _some_channel(self) -> Notifications:
+        if self.email is None and self.webhook is None:
+            raise ValueError("notifications needs email or webhook (or both)")
+        return self
+
+
 class Playbook(Model):
     apiVersion: Literal["hvmigrate/v1"]
     kind: Literal["MigrationPlaybook"]
@@ -592,6 +744,9 @@ class Playbook(Model):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     dns: dict[str, DnsConfig] = Field(default_factory=dict)
     servers: list[Server] = Field(min_length=1)
+    notifications: Notifications | None = Field(
+        None, description="mail and a webhook on chosen events (a step failed, ready for cutover, ...)"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Playbook:
