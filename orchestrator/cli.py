@@ -251,6 +251,7 @@ def _run(
     """Run the selected steps; ``conclude(journal)`` may print more and raise the exit code."""
     from orchestrator.executor import Executor
     from orchestrator.journal import JournalError
+    from orchestrator.notify import TeeObserver, notifier_for
     from orchestrator.report.live import LiveObserver
     from orchestrator.session import PlanChanged
 
@@ -264,6 +265,13 @@ def _run(
             f"replan: {len(reset)} finished step(s) will run again: {', '.join(reset[:8])}"
             + (" ..." if len(reset) > 8 else "")
         )
+    notifier = notifier_for(
+        session.playbook,
+        plan=session.plan,
+        journal=journal,
+        playbook_file=session.loaded.path.name,
+        warn=lambda text: err.print(text, style="yellow", markup=False, highlight=False),
+    )
     with LiveObserver(console, verbose=verbose) as observer:
         executor = Executor(
             session.plan,
@@ -271,7 +279,7 @@ def _run(
             journal,
             state_dir=session.state_dir,
             base_dir=session.base_dir,
-            observer=observer,
+            observer=TeeObserver(observer, notifier),
         )
         if prepare:
             prepare(executor, journal)
@@ -297,6 +305,8 @@ def _run(
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if notifier is not None:
+                notifier.close()
     _summarize(result, session, command, journal.states())
     if report_path:
         _write_run_report(session, journal, report_path)

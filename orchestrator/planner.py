@@ -169,7 +169,8 @@ def _build_plan(playbook: Playbook, playbook_sha256: str) -> Plan:
         cycle = nx.find_cycle(graph)
         servers = " -> ".join(dict.fromkeys(graph.nodes[a]["step"].server or a for a, _ in cycle))
         raise PlanError(f"depends_on forms a cycle: {servers}")
-    settings = hashlib.sha256(playbook.model_dump_json().encode()).hexdigest()[:16]
+    # Where notices go is not part of the work: changing it must not make the journal's plan stale.
+    settings = hashlib.sha256(playbook.model_dump_json(exclude={"notifications"}).encode()).hexdigest()[:16]
     return Plan(
         graph=graph,
         playbook_name=playbook.name,

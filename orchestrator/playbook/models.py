@@ -676,7 +676,7 @@ class WebhookNotifications(Model):
         default_factory=dict,
         description="extra request headers (Authorization: ${env:HOOK_TOKEN}); values are secrets",
     )
-    timeout: Duration = Field(10, description="per request: connecting, sending and reading the answer")
+    timeout: Duration = Field(10, description="for connecting, and for each wait on the answer")
     ca_bundle: Path | None = Field(None, description="PEM CA file for an https URL; default: the system's")
     insecure: bool = Field(False, description="skip the certificate check of an https URL (opt-in only)")
     events: list[NotificationEvent] | None = Field(
@@ -715,8 +715,8 @@ class Notifications(Model):
     delivered is reported as a warning.
     """
 
-    email: EmailNotifications | None = None
-    webhook: WebhookNotifications | None = None
+    email: EmailNotifications | None = Field(None, description="one mail per notice to the recipients")
+    webhook: WebhookNotifications | None = Field(None, description="one JSON POST per notice")
     events: list[NotificationEvent] = Field(
         default_factory=lambda: list(NOTIFICATION_EVENTS),
         description="step_failed (critical), not_converging (warning: incremental passes stopped "
@@ -724,7 +724,7 @@ class Notifications(Model):
         "(info: the server's last cutover step done)",
     )
     flush_timeout: Duration = Field(
-        30,
+        10,
         description="how long a command waits at its end for notices still being sent; what is left is "
         "reported as undelivered, never waited for longer",
     )
