@@ -44,7 +44,7 @@ from orchestrator.playbook.models import (
 )
 from orchestrator.playbook.secrets import Secret
 from orchestrator.playbook.units import format_size
-from providers.base import Inventory, SourceFacts, SourceNic
+from providers.base import DatastoreInfo, Inventory, SourceFacts, SourceNic
 
 FieldPath = tuple[str | int, ...]
 Locate = Callable[..., str | None]
@@ -56,6 +56,8 @@ ESX_MAX_NICS = 10
 HYPERV_MAX_SYNTHETIC_NICS = 8
 HYPERV_MAX_LEGACY_NICS = 4
 HYPERV_GEN1_MAX_IDE = 4  # two IDE controllers of two devices each
+# ESX writes a VM's .vmx, .nvram, logs and the vmx process's own swap (vmx-*.vswp) beside its swap file
+ESX_VM_FILES = 256 * 1024**2
 
 # What each target can actually create; a value outside these fails at create time, far into a run.
 NIC_MODELS = {
@@ -426,6 +428,23 @@ _rule(
     W,
     "the replica asks for more memory than the target host can give",
     "set memory to {limit} or less, or choose a larger host",
+    needs=INV,
+)
+
+_rule(
+    "esx.datastore_space",
+    C,
+    "an ESX datastore fits the replica disks but not the VMs' swap files and config files beside them",
+    "free {missing} on {datastore}, set target.datastore to another datastore for the VM's files, "
+    "or lower memory",
+    "vSphere: a powered-on VM without a memory reservation has a swap file (.vswp) of its memory size",
+    needs=INV,
+)
+_rule(
+    "esx.host_unavailable",
+    C,
+    "the target ESX host is in maintenance mode or not connected, so no VM can be placed on it",
+    "bring {host} back (exit maintenance mode, reconnect it) before the run, or choose another host",
     needs=INV,
 )
 
@@ -1711,6 +1730,110 @@ def check_memory(context: Context) -> Iterator[Finding]:
                 path=(*path, "target", "memory"),
                 server=server.name,
                 limit=format_size(limit),
+            )
+
+
+# ---------------------------------------------------------------- ESX
+
+
+@check
+def check_esx_datastore_space(context: Context) -> Iterator[Finding]:
+    """Where datastore.free_space finds room for the disks, ESX still needs the VM's swap file (its memory
+    size) and config files in its home directory at power-on; a full datastore stops the cutover there.
+
+    Fires only where the disks alone fit, so one shortage is reported once.
+    """
+    disks_on: dict[tuple[str, str], int] = {}
+    homes: dict[tuple[str, str], list[tuple[FieldPath, FieldPath, Server]]] = {}
+    infos: dict[tuple[str, str], DatastoreInfo] = {}
+    for path, server in context.servers():
+        provider = server.target.provider
+        inventory = context.inventory(provider)
+        if context.provider_type(provider) != "esx" or inventory is None:
+            continue
+        planned = planned_disks(context, path, server)
+        for disk in planned:
+            info = inventory.datastores.get(disk.datastore or "")
+            if info is not None and info.accessible:
+                key = (provider, info.name)
+                infos[key] = info
+                disks_on[key] = disks_on.get(key, 0) + (disk.size or 0)
+        home, home_path = _esx_home(context, path, server, planned, inventory)
+        info = inventory.datastores.get(home or "")
+        if info is not None and info.accessible:
+            infos[(provider, info.name)] = info
+            homes.setdefault((provider, info.name), []).append((path, home_path, server))
+    for key, vms in homes.items():
+        provider, name = key
+        free = infos[key].free
+        disks = int(disks_on.get(key, 0) * (1 + DATASTORE_HEADROOM))
+        if disks > free:
+            continue  # datastore.free_space says so
+        swap = sum(server.target.memory for _, _, server in vms)
+        files = ESX_VM_FILES * len(vms)
+        needed = disks + swap + files
+        if needed <= free:
+            continue
+        names = [server.name for _, _, server in vms]
+        yield context.finding(
+            "esx.datastore_space",
+            f"datastore {name} on {provider} has {format_size(free)} free; {_names(names)} "
+            f"{'needs' if len(vms) == 1 else 'need'} {format_size(needed)} there "
+            f"({format_size(disks)} for disks + {DATASTORE_HEADROOM:.0%}, {format_size(swap)} of swap "
+            f"(the memory size), {format_size(files)} for config files)",
+            path=vms[0][1],
+            server=names[0] if len(vms) == 1 else None,
+            missing=format_size(needed - free),
+            datastore=name,
+        )
+
+
+def _esx_home(
+    context: Context, path: FieldPath, server: Server, planned: Sequence[PlannedDisk], inventory: Inventory
+) -> tuple[str | None, FieldPath]:
+    """The datastore of the VM's directory (.vmx, .vswp), as the ESX provider picks it: target.datastore,
+    else the first disk's datastore, else the provider's default."""
+    if server.target.datastore:
+        return server.target.datastore, (*path, "target", "datastore")
+    if planned and planned[0].datastore:
+        return planned[0].datastore, planned[0].datastore_path
+    return disk_datastore(context.playbook, path, server, None, None, inventory)
+
+
+@check
+def check_esx_hosts(context: Context) -> Iterator[Finding]:
+    for path, server in context.servers():
+        provider = server.target.provider
+        config = context.playbook.providers.get(provider)
+        inventory = context.inventory(provider)
+        if not isinstance(config, EsxProviderConfig) or inventory is None or not inventory.unavailable_hosts:
+            continue
+        if server.target.host:
+            host, where = server.target.host, (*path, "target", "host")
+        elif config.esx_host:
+            host, where = config.esx_host, ("providers", provider, "esx_host")
+        else:
+            host, where = None, (*path, "target")
+        if host is not None:
+            reason = inventory.unavailable_hosts.get(host)
+            if reason is None:
+                continue
+            yield context.finding(
+                "esx.host_unavailable",
+                f"{server.name}: target host {host} on {provider} is {reason}; vSphere places no new VM "
+                "there",
+                path=where,
+                server=server.name,
+                host=host,
+            )
+        elif inventory.hosts and all(h in inventory.unavailable_hosts for h in inventory.hosts):
+            states = ", ".join(f"{h} {inventory.unavailable_hosts[h]}" for h in inventory.hosts)
+            yield context.finding(
+                "esx.host_unavailable",
+                f"{server.name}: no host of {provider} can take a new VM ({states})",
+                path=where,
+                server=server.name,
+                host=_names(inventory.hosts),
             )
 
 

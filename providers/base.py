@@ -65,6 +65,9 @@ class Inventory:
     vms: tuple[str, ...]
     limits: Limits = field(default_factory=Limits)
     default_datastore: str | None = None
+    # host -> why no new VM can be placed on it now ("in maintenance mode", "disconnected"); hosts absent
+    # here are usable (or their provider cannot tell)
+    unavailable_hosts: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- source facts

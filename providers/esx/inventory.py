@@ -77,6 +77,18 @@ class EsxInventory:
     port_groups: tuple[PortGroupFacts, ...]
     vms: tuple[VmFacts, ...] = field(default_factory=tuple)
 
+    def unavailable_hosts(self) -> dict[str, str]:
+        """Hosts a new VM cannot be placed on now: vCenter refuses, or DRS leaves them out."""
+        found: dict[str, str] = {}
+        for host in self.hosts:
+            if host.connection_state and host.connection_state != "connected":
+                found[host.name] = host.connection_state
+            elif host.in_maintenance:
+                found[host.name] = "in maintenance mode"
+            elif host.power_state and host.power_state != "poweredOn":
+                found[host.name] = host.power_state
+        return found
+
     def datastore_infos(self) -> dict[str, DatastoreInfo]:
         """Free space as the other providers count it: thin disks reserve their whole size."""
         return {

@@ -103,6 +103,7 @@ class EsxProvider:
                 appliance_modes=("shared", "dedicated"),
             ),
             default_datastore=self.config.datastore if self.config.datastore in datastores else None,
+            unavailable_hosts=facts.unavailable_hosts(),
         )
 
     def host_for(self, requested: str | None) -> str:

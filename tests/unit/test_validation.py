@@ -576,6 +576,20 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     server(doc, 1)["target"]["memory"] = "512GiB"
 
 
+@case("esx.datastore_space", ("servers", 1, "target", "disks", 0, "datastore"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    # 154 GiB of disks (+10%) fit in 156 GiB; the 4 GiB swap file and the config files do not
+    inv["vcenter"] = dataclasses.replace(
+        inv["vcenter"], datastores={"ds1": DatastoreInfo("ds1", 1024 * GiB, 156 * GiB)}
+    )
+
+
+@case("esx.host_unavailable", ("servers", 1, "target", "host"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    server(doc, 1)["target"]["host"] = "esx1"
+    inv["vcenter"] = dataclasses.replace(inv["vcenter"], unavailable_hosts={"esx1": "in maintenance mode"})
+
+
 @case("inventory.not_inspected", None)
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     del inv["hv01"]
