@@ -240,7 +240,7 @@ class KvmProviderConfig(Model):
         None,
         description="the recovery appliance image (qcow2, built by `python -m providers.kvm.appliance_image "
         "build PATH`); setting it enables appliance: shared and dedicated (local libvirt URIs). Uploaded "
-        "once into storage_pool as a base volume that stays; each appliance boots from an overlay on it",
+        "into storage_pool as a base volume that each appliance boots an overlay of; it goes with the last",
     )
     appliance_network: str = Field(
         "default",

@@ -30,6 +30,8 @@ class DiskSpec:
     volume: str
     format: str  # raw | qcow2
     bus: str  # a key of DISK_BUSES
+    serial: str | None = None  # what the guest sees as the disk's serial (a stable /dev/disk/by-id name)
+    readonly: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class NicSpec:
     mac: str
     model: str
     vlan: int | None = None
+    connected: bool = True
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class DomainSpec:
     nics: tuple[NicSpec, ...]
     owner: dict[str, str] = field(default_factory=dict)
     serial_log: str | None = None  # the console, kept in a file on the host
+    scsi_controller: bool = False  # a virtio-scsi controller even without SCSI disks (for hot-plugged LUNs)
 
 
 def device_name(prefix: str, index: int) -> str:
@@ -102,9 +106,13 @@ def domain_xml(spec: DomainSpec) -> str:
         _sub(element, "driver", name="qemu", type=disk.format, discard="unmap")
         _sub(element, "source", pool=disk.pool, volume=disk.volume)
         _sub(element, "target", dev=device_name(prefix, index), bus=disk.bus)
+        if disk.serial:
+            _sub(element, "serial", disk.serial)
+        if disk.readonly:
+            _sub(element, "readonly")
         if order == 0:
             _sub(element, "boot", order="1")
-    if any(disk.bus == "scsi" for disk in spec.disks):
+    if spec.scsi_controller or any(disk.bus == "scsi" for disk in spec.disks):
         _sub(devices, "controller", type="scsi", index="0", model="virtio-scsi")
     for nic in spec.nics:
         if nic.network.startswith(BRIDGE_PREFIX):
@@ -117,6 +125,8 @@ def domain_xml(spec: DomainSpec) -> str:
         _sub(element, "model", type=nic.model)
         if nic.vlan is not None:
             _sub(_sub(element, "vlan"), "tag", id=str(nic.vlan))
+        if not nic.connected:
+            _sub(element, "link", state="down")
     serial = _sub(devices, "serial", type="pty")
     if spec.serial_log:
         _sub(serial, "log", file=spec.serial_log, append="off")

@@ -6,9 +6,10 @@ the VM. On top of that it never touches what it did not create: domains carry ``
 their metadata and volumes an ownership marker beside them; anything else of the same name is refused,
 never adopted, overwritten or removed.
 
-``appliance: host`` is what works today: the data plane writes raw volumes as files and qcow2 volumes
-through a qemu-nbd export, on the libvirt host itself (in-process for a local URI, over SSH for
-qemu+ssh://). Appliance VMs (``shared``, ``dedicated``) are refused with that advice.
+``appliance: host`` writes raw volumes as files and qcow2 volumes through a qemu-nbd export, on the
+libvirt host itself (in-process for a local URI, over SSH for qemu+ssh://). ``appliance: shared`` and
+``dedicated`` boot a recovery appliance VM from the configured ``appliance_image`` and hot-plug the replica
+volumes into it (appliance.py); that needs a local URI for now.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from providers.base import (
 )
 
 from . import boot
+from .appliance import MAX_DISKS as MAX_APPLIANCE_DISKS
+from .appliance import Appliances
 from .connection import Connection, LibvirtUri, effective_uri, failure
 from .domain_xml import (
     DISK_BUSES,
@@ -74,10 +77,6 @@ _UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
     | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
 )
-_APPLIANCE_VMS = (
-    "recovery appliance VMs on KVM (appliance: shared or dedicated) are not built yet; set the server's "
-    "target.appliance: host, which writes the replica volumes on the libvirt host itself"
-)
 
 
 class KvmProvider:
@@ -95,6 +94,7 @@ class KvmProvider:
         self._abilities: Abilities | None = None
         self._hostname: str | None = None
         self._host: LibvirtHost | None = None
+        self.appliances = Appliances(self)
 
     def __repr__(self) -> str:
         return f"KvmProvider({self.name!r}, uri={self.uri.display!r})"
@@ -152,7 +152,8 @@ class KvmProvider:
                 disk_formats=FORMATS,
                 native_format="raw",
                 max_memory=facts.memory,
-                appliance_modes=("host",),  # appliance VMs on KVM: not in this build yet
+                appliance_modes=self.appliances.modes(),  # VMs need an appliance_image and a local URI
+                max_disks_per_appliance=MAX_APPLIANCE_DISKS,
             ),
             default_datastore=self.config.storage_pool if self.config.storage_pool in datastores else None,
         )
@@ -177,14 +178,16 @@ class KvmProvider:
     # ------------------------------------------------------------ appliances
 
     def provision_appliance(self, host: str, name: str) -> ApplianceRef:
-        raise ProviderError(f"appliance {name}: {_APPLIANCE_VMS}")
+        """Boots (or finds, starts, re-keys) the appliance VM ``name``; returns once it lets us in by SSH."""
+        return self.appliances.provision(host, name)
 
     def find_appliance(self, host: str, name: str) -> ApplianceRef | None:
-        """No appliance VM is ever created yet, so none is ever found."""
-        return None
+        """The tool's appliance ``name`` on ``host``, running or not; another domain of the name is not."""
+        return self.appliances.find(host, name)
 
     def release_appliance(self, appliance: ApplianceRef) -> None:
-        raise NotFound(f"appliance {appliance.name} does not exist on {self.where}")
+        """Removes the appliance, its volumes and keys (the base image volume with the last appliance)."""
+        self.appliances.release(appliance)
 
     # ------------------------------------------------------------ disks
 
@@ -231,12 +234,46 @@ class KvmProvider:
                 raise NotFound(f"disk {disk.name} does not exist in pool {pool} on {self.where}")
             if self.pools.attached(pool, name):
                 raise ProviderError(
-                    f"disk {disk.name} is attached to host {self._host_name()}; detach it first"
+                    f"disk {disk.name} is attached to {self._attached_where(pool, name)}; detach it first"
                 )
             vm = self._vm_using(pool, name)
             if vm:
                 raise ProviderError(f"disk {disk.name} belongs to VM {vm}; delete the VM first")
             self.pools.delete(pool, name)
+
+    def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
+        """libvirt copies the volume (holes kept, format converted). A qcow2 replica open in its qemu-nbd
+        export is locked, so the export pauses for the copy and comes back on the same socket; one open in an
+        appliance VM's QEMU is refused (a raw one is read by libvirtd itself, between passes)."""
+        if request.format not in FORMATS:
+            raise ProviderError(f"disk {request.name}: KVM volumes are raw or qcow2, not {request.format}")
+        src_pool, src_name = self._volume_of(source)
+        name = volume_name(request.name, request.format)
+        with self._lock:
+            if self.pools.incomplete(request.datastore, name):
+                with contextlib.suppress(NotFound):  # a copy a crash cut short
+                    self.pools.delete(request.datastore, name)
+            existing = self.find_disk(request)
+            if existing is not None:
+                return existing
+            origin = self.pools.find(src_pool, src_name)
+            if origin is None:
+                raise NotFound(f"disk {source.name} does not exist in pool {src_pool} on {self.where}")
+            holder = self.appliances.holder(src_pool, src_name)
+            if holder and origin.format != "raw":
+                raise ProviderError(
+                    f"disk {source.name} is a qcow2 volume open in appliance {holder}, whose QEMU locks it: "
+                    "a test copy of it needs raw replica volumes, or appliance: host, for now"
+                )
+            exported = not holder and origin.format != "raw" and self.pools.attached(src_pool, src_name)
+            if exported:
+                self.host().nbd("stop", origin.path, origin.format)
+            try:
+                volume = self.pools.clone(request.datastore, name, origin, request.format)
+            finally:
+                if exported:
+                    self.host().nbd("start", origin.path, origin.format)
+        return self._disk_ref(request.name, volume)
 
     def _disk_ref(self, name: str, volume: Volume) -> DiskRef:
         return DiskRef(self.name, volume.path, name, volume.capacity, volume.format, volume.pool)
@@ -255,7 +292,7 @@ class KvmProvider:
         an NBD export lives beside the volume (``<volume>.hvmap``): the socket says nothing durable.
         """
         if appliance is not None:
-            raise ProviderError(f"disk {disk.name}: {_APPLIANCE_VMS}")
+            return self.appliances.attach(appliance, disk)
         pool, name = self._volume_of(disk)
         with self._lock:
             volume = self.pools.find(pool, name)
@@ -268,6 +305,11 @@ class KvmProvider:
                 raise ProviderError(
                     f"disk {disk.name} belongs to VM {vm}; the data plane cannot write a disk a VM uses: "
                     "delete the VM (disks are kept) first"
+                )
+            holder = self.appliances.holder(pool, name)
+            if holder is not None:
+                raise ProviderError(
+                    f"disk {disk.name} is attached to appliance {holder}; detach it there first"
                 )
             self.pools.mark_attached(pool, name)
             host = self.host()
@@ -283,18 +325,24 @@ class KvmProvider:
             )
 
     def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
-        """None for a local URI (written in-process); the host's SSH login for qemu+ssh://."""
+        """The appliance's SSH login for a device in an appliance; else None for a local URI (written
+        in-process), the host's SSH login for qemu+ssh://."""
+        if endpoint.kind == "block" and "appliance" in endpoint.transport:
+            return self.appliances.writer_location(endpoint)
         return self.host().writer_location(endpoint.path)
 
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:
         """Idempotent: stops the disk's qemu-nbd export (which flushes it) and clears the attachment."""
         if appliance is not None:
-            raise NotFound(f"appliance {appliance.name} does not exist on {self.where}")
+            self.appliances.detach(appliance, disk)
+            return
         pool, name = self._volume_of(disk)
         with self._lock:
             volume = self.pools.find(pool, name)
             if volume is None and self.pools.foreign(pool, name):
                 return  # somebody else's volume of that name: nothing of ours is attached
+            if self.appliances.holder(pool, name) is not None:
+                return  # written in an appliance, not on the host: its own detach clears it
             fmt = volume.format if volume is not None else disk.format
             if fmt != "raw":
                 # An export is found by the path it serves, so this stops nothing but this disk's.
@@ -393,8 +441,8 @@ class KvmProvider:
         for pool, volume in facts.volumes:
             if self.pools.attached(pool, volume):
                 raise ProviderError(
-                    f"VM {vm.name} cannot start: its disk {volume} is still attached to host "
-                    f"{self._host_name()} for writing; detach it first (the detach_disks step)"
+                    f"VM {vm.name} cannot start: its disk {volume} is still attached to "
+                    f"{self._attached_where(pool, volume)} for writing; detach it first (detach_disks step)"
                 )
         try:
             domain.create()
@@ -443,11 +491,17 @@ class KvmProvider:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def close(self) -> None:
+        self.appliances.close()
         if self._host is not None:
             self._host.close()
         self.connection.close()
 
     # ------------------------------------------------------------ internals
+
+    def _attached_where(self, pool: str, name: str) -> str:
+        """Where a volume marked as attached is written: an appliance, or the host itself."""
+        holder = self.appliances.holder(pool, name)
+        return f"appliance {holder}" if holder else f"host {self._host_name()}"
 
     def _own(self, provider: str, what: str) -> None:
         if provider != self.name:
@@ -507,8 +561,8 @@ class KvmProvider:
                 raise ProviderError(f"VM {request.name}: disk {disk.name} does not exist in pool {pool}")
             if self.pools.attached(pool, name):
                 raise ProviderError(
-                    f"VM {request.name}: disk {disk.name} is still attached to host {self._host_name()}; "
-                    "detach first"
+                    f"VM {request.name}: disk {disk.name} is still attached to "
+                    f"{self._attached_where(pool, name)}; detach first"
                 )
             vm = self._vm_using(pool, name)
             if vm:
@@ -555,7 +609,9 @@ class KvmProvider:
                     "use mac: new or isolate the test network"
                 )
             in_use[(nic.network, mac)] = request.name
-            nics.append(NicSpec(network=nic.network, mac=mac, model=model, vlan=nic.vlan))
+            nics.append(
+                NicSpec(network=nic.network, mac=mac, model=model, vlan=nic.vlan, connected=nic.connected)
+            )
         return tuple(nics)
 
 

@@ -31,6 +31,7 @@ FORMATS = ("raw", "qcow2")
 FILE_POOLS = ("dir", "fs", "netfs")  # pools whose volumes are files: sidecars can sit beside them
 OWNER_SUFFIX = ".hvmigrate"
 ATTACH_SUFFIX = ".hvattach"
+CLONING_SUFFIX = ".hvclone"  # present while a clone is being copied: the volume is not whole yet
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -192,6 +193,49 @@ class Pools:
             return pool.createXML(ET.tostring(root, encoding="unicode"), 0)
         except libvirt.libvirtError as exc:
             raise failure(exc, f"creating volume {name} in pool {pool.name()} on {self.where}") from None
+
+    def clone(self, pool_name: str | None, name: str, source: Volume, fmt: str) -> Volume:
+        """A copy of ``source`` as the tool's own volume ``name`` (libvirt copies, converting the format
+        and keeping holes). A ``.hvclone`` marker stands while the copy runs, so a crash half-way leaves a
+        volume `incomplete` recognises; the caller deletes it and clones again."""
+        pool = self.pool(pool_name)
+        self.require_files(pool)
+        if self._lookup(pool, name) is not None:
+            raise ProviderError(
+                f"a volume named {name} already exists in pool {pool.name()} on {self.where}; it is never "
+                "overwritten: remove it or choose another name"
+            )
+        free = self.reservable(pool)
+        if source.capacity > free:
+            raise ProviderError(
+                f"storage pool {pool.name()} on {self.where} has {format_size(free)} free that no volume "
+                f"may still grow into, clone {name} needs {format_size(source.capacity)}; free space or "
+                "choose another pool"
+            )
+        for marker in (OWNER_SUFFIX, CLONING_SUFFIX):
+            if self._lookup(pool, name + marker) is None:
+                self._create(pool, name + marker, 0, "raw", 0)
+        root = ET.Element("volume")
+        ET.SubElement(root, "name").text = name
+        ET.SubElement(root, "capacity", unit="bytes").text = str(source.capacity)
+        ET.SubElement(root, "allocation", unit="bytes").text = "0"
+        target = ET.SubElement(root, "target")
+        ET.SubElement(target, "format", type=fmt)
+        if fmt == "qcow2":
+            ET.SubElement(target, "compat").text = "1.1"
+        origin = self.pool(source.pool).storageVolLookupByName(source.name)
+        try:
+            volume = pool.createXMLFrom(ET.tostring(root, encoding="unicode"), origin, 0)
+        except libvirt.libvirtError as exc:
+            raise failure(exc, f"cloning volume {source.name} into {name} on {self.where}") from None
+        marker = self._lookup(pool, name + CLONING_SUFFIX)
+        if marker is not None:
+            marker.delete(0)
+        return self.describe(pool, volume)
+
+    def incomplete(self, pool_name: str | None, name: str) -> bool:
+        """A clone whose copy did not finish (see `clone`)."""
+        return self._lookup(self.pool(pool_name), name + CLONING_SUFFIX) is not None
 
     def require_files(self, pool: libvirt.virStoragePool) -> None:
         """Ownership markers and the mirror's block maps are files beside the volume: a logical, iSCSI

@@ -11,12 +11,15 @@ on the new address with the source's host key (its disk is a copy of the source'
 the file the writer appended to until the cutover stopped it is on the replica complete, byte for byte
 what the source held at that moment (the writer reports that moment on the source's serial console, which
 the host logs: a witness outside the disk being copied); the name and the PTR resolve to the new address;
-the source is shut off; every step is done and the report carries a measured downtime. Then `migrate
+the source is shut off; every step is done and the report carries a measured downtime. Before that, a
+test cutover boots a copy of the replica on an isolated test network with a test address while the
+source keeps running; it answers SSH there, and `migrate undo --test` removes it and its volume, keeping
+the replica's, and the next sync goes on. Then `migrate
 undo` removes the replica, its volume and the DNS change, and leaves the source's disk as it was; it
 cannot start a source reached over SSH and says so (exit 1). Started by hand, the source still holds what
 the writer wrote, and undo then completes.
 
-Two TCG boots and a mirror read by a TCG guest: minutes. The time of each phase is printed (pytest -s).
+Three TCG boots and a mirror read by a TCG guest: minutes. The time of each phase is printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from orchestrator.planner import TEST_CHAIN
 from tests.e2e.conftest import Migration
 from tests.services.bind import BindServer, _free_port, _named, running_named
 from tests.services.bind_zones import _serving
@@ -64,6 +68,10 @@ REPLICA_GATEWAY = "192.168.214.1"
 REPLICA_IP = "192.168.214.10"
 SOURCE_IP = "192.168.213.10"
 REPLICA_HOSTNAME = "db01"
+TEST_NETWORK = "hvmigrate-test-net"
+TEST_BRIDGE = "hvmtest0"
+TEST_GATEWAY = "192.168.215.1"
+TEST_IP = "192.168.215.10"
 
 ZONE = "corp.test"
 REVERSE_ZONE = "168.192.in-addr.arpa"
@@ -137,28 +145,41 @@ def conn(source_vm: SourceVm) -> Iterator[Any]:
     connection.close()
 
 
-@pytest.fixture(scope="module")
-def replica_network(conn: Any) -> Iterator[str]:
-    """A second isolated network with an address on the host side, so the host reaches the replica.
+@contextlib.contextmanager
+def host_network(conn: Any, name: str, bridge: str, gateway: str) -> Iterator[str]:
+    """An isolated network with an address on the host side, so the host reaches the VMs on it.
 
-    Transient, and created while the source VM's machine lock is held (the fixture depends on it): one per
+    Transient, and created while the source VM's machine lock is held (the fixtures depend on it): one per
     machine at a time, like the source's. One left by a killed run is replaced.
     """
     import libvirt
 
     with contextlib.suppress(libvirt.libvirtError):
-        conn.networkLookupByName(REPLICA_NETWORK).destroy()
+        conn.networkLookupByName(name).destroy()
     root = ET.Element("network")
-    ET.SubElement(root, "name").text = REPLICA_NETWORK
-    ET.SubElement(root, "bridge", name=REPLICA_BRIDGE, stp="off", delay="0")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "bridge", name=bridge, stp="off", delay="0")
     ET.SubElement(root, "dns", enable="no")
-    ET.SubElement(root, "ip", address=REPLICA_GATEWAY, prefix="24")
+    ET.SubElement(root, "ip", address=gateway, prefix="24")
     network = conn.networkCreateXML(ET.tostring(root, encoding="unicode"))
     try:
-        yield REPLICA_NETWORK
+        yield name
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             network.destroy()
+
+
+@pytest.fixture(scope="module")
+def replica_network(conn: Any) -> Iterator[str]:
+    with host_network(conn, REPLICA_NETWORK, REPLICA_BRIDGE, REPLICA_GATEWAY) as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def test_network(conn: Any) -> Iterator[str]:
+    """Where the test cutover's copy comes up: no route to the source's or the replica's network."""
+    with host_network(conn, TEST_NETWORK, TEST_BRIDGE, TEST_GATEWAY) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +239,7 @@ def kvm_migration(tmp_path: Path, source_vm: SourceVm) -> Iterator[KvmMigration]
 def replica_name(conn: Any) -> Iterator[str]:
     """The replica's domain name, removed after the test whatever happened (undo normally has)."""
     name = testbed.unique_name("hve2e-db01")
-    with testbed.scratch_domain_cleanup(conn, name):
+    with testbed.scratch_domain_cleanup(conn, name, f"{name}-test"):
         yield name
 
 
@@ -242,7 +263,7 @@ def records(server: BindServer) -> dict[str, list[tuple[str, int]]]:
 
 
 def write_playbook(
-    m: KvmMigration, vm: SourceVm, bind: BindServer, pool: str, network: str, replica: str
+    m: KvmMigration, vm: SourceVm, bind: BindServer, pool: str, network: str, test_network: str, replica: str
 ) -> None:
     (m.root / "tsig.secret").write_text(bind.secret)
     m.playbook.write_text(
@@ -288,6 +309,8 @@ servers:
       nics:
         - source_mac: "{vm.mac}"
           network: {network}
+          test_network: {test_network}
+          test_ip: {TEST_IP}/24
           mac: new
           ip: {REPLICA_IP}/24
           gateway: {REPLICA_GATEWAY}
@@ -357,6 +380,7 @@ def test_a_running_linux_server_moves_live_onto_kvm_boots_there_and_undo_removes
     conn: Any,
     pool: Any,
     replica_network: str,
+    test_network: str,
     bind: BindServer,
     replica_name: str,
     kvm_migration: KvmMigration,
@@ -365,7 +389,7 @@ def test_a_running_linux_server_moves_live_onto_kvm_boots_there_and_undo_removes
     import libvirt
 
     vm, m = source_vm, kvm_migration
-    write_playbook(m, vm, bind, pool.name(), replica_network, replica_name)
+    write_playbook(m, vm, bind, pool.name(), replica_network, test_network, replica_name)
     image_mtime = vm.image.stat().st_mtime_ns
     assert records(bind) == {"A": [(SOURCE_IP, 300)], "source PTR": [(FQDN, 300)], "replica PTR": []}
 
@@ -387,6 +411,37 @@ def test_a_running_linux_server_moves_live_onto_kvm_boots_there_and_undo_removes
     after_execute = lines_in(vm)
     mirrored = json.loads(m.run("status", PB, "--json").stdout)
     assert {s["state"] for s in mirrored["servers"]} == {"ready for cutover"}, mirrored["servers"]
+
+    # -------- test cutover: a copy of the replica boots on the isolated test network while the source runs
+    m.timed("cutover --test", "cutover", PB, "--test")
+    test_copy = f"{replica_name}-test"
+    assert domain_state(conn, test_copy) == libvirt.VIR_DOMAIN_RUNNING
+    test_known_hosts = tmp_path / "test_known_hosts"
+    test_known_hosts.write_text(f"{TEST_IP} {vm.known_hosts.read_text().split(None, 1)[1]}")
+    waited = time.monotonic()
+    client = ssh_to(TEST_IP, vm, test_known_hosts, REPLICA_SSH_TIMEOUT)
+    m.timings["test copy SSH"] = round(time.monotonic() - waited, 1)
+    try:
+        assert run_on(client, "hostname").strip() == REPLICA_HOSTNAME
+        addresses = run_on(client, "ip -4 -o addr show")
+        assert f"inet {TEST_IP}/24" in addresses and REPLICA_IP not in addresses
+        assert 0 < int(run_on(client, f"wc -l < {WRITER_FILE}")) <= after_execute  # the mirrored data
+    finally:
+        client.close()
+    assert domain_state(conn, vm.domain) == libvirt.VIR_DOMAIN_RUNNING  # the source never noticed
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(replica_name)  # the replica itself is not made by a test
+    test_volumes = [v for v in volumes(pool) if "-test-" in v]
+    assert test_volumes, volumes(pool)
+    status_test = json.loads(m.run("status", PB, "--json").stdout)
+    assert {s["state"] for s in status_test["servers"]} == {"ready for cutover (test copy up)"}
+
+    undo_test = " ".join(m.timed("undo --test", "undo", PB, "--test", "--yes").stdout.split())
+    assert re.search(r"undone db01/create_test_copy", undo_test), undo_test
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(test_copy)
+    assert not [v for v in volumes(pool) if "-test-" in v] and volumes(pool)  # the replica's volume stays
+    assert domain_state(conn, vm.domain) == libvirt.VIR_DOMAIN_RUNNING
 
     m.timed("sync", "sync", PB)
     after_sync = lines_in(vm)
@@ -431,7 +486,11 @@ def test_a_running_linux_server_moves_live_onto_kvm_boots_there_and_undo_removes
     status_json = json.loads(m.run("status", PB, "--json").stdout)
     assert {s["state"] for s in status_json["servers"]} == {"cut over"}
     not_done = {s["step_id"]: s["state"] for s in status_json["steps"] if s["state"] != "done"}
-    assert not [k for k, v in not_done.items() if not k.endswith("cleanup_on_error")], not_done
+    test_copy_steps = {f"db01/{kind}" for kind in TEST_CHAIN}  # removed by undo --test, as they should be
+    assert not [
+        k for k, v in not_done.items() if not k.endswith("cleanup_on_error") and k not in test_copy_steps
+    ], not_done
+    assert {v for k, v in not_done.items() if k in test_copy_steps} <= {"undone", "pending"}, not_done
     report = json.loads(m.run("report", PB, "--format", "json").stdout)
     (server,) = report["servers"]
     assert server["downtime_measured"] is not None and server["downtime_measured"] > 0

@@ -315,11 +315,19 @@ def test_qcow2_volume_is_exported_over_nbd_and_writes_land_in_it(
     provider.delete_disk(qcow)
 
 
-def test_appliance_vms_are_refused_with_what_works_today(provider: Any, name: str) -> None:
+def test_appliance_vms_need_an_appliance_image(provider: Any, pool: Any, name: str) -> None:
+    """Without appliance_image only appliance: host is offered; the VMs themselves are tested (booted) in
+    test_kvm_appliance.py."""
+    from providers.base import ApplianceRef
+
     host = provider.host_for(None)
+    assert provider.inventory().limits.appliance_modes == ("host",)
     assert provider.find_appliance(host, name) is None
-    with pytest.raises(ProviderError, match="appliance: host"):
+    with pytest.raises(ProviderError, match=r"no appliance_image; build one .*or use target.appliance: host"):
         provider.provision_appliance(host, name)
+    with pytest.raises(NotFound):
+        provider.release_appliance(ApplianceRef(PROVIDER, "x", name, host))
+    assert not [v for v in volumes(pool) if v.startswith(name)]
 
 
 # ---------------------------------------------------------------- domains

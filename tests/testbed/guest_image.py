@@ -1,10 +1,8 @@
 """A bootable Debian bookworm disk image: the real Linux server the KVM tests migrate.
 
-Built the way DESIGN.md says, because these machines are containers: ``debootstrap`` a minimal root
-(kernel, initramfs, sshd, ifupdown, python3), configure it as the server ``src01``, then make the disk
-without a partition scan: an MBR written by hand, ``mke2fs -d ROOT`` straight into the partition's byte
-range, and extlinux installed through a loop device mapped at the partition's offset (``losetup -o``),
-with syslinux's ``mbr.bin`` in the first 440 bytes. The result boots by itself from its own disk.
+Built from Debian packages by providers/kvm/debian_image.py (the recovery appliance's image is made the
+same way, from the same cached debootstrap): a minimal root (kernel, initramfs, sshd, ifupdown, python3),
+configured here as the server ``src01``, on a disk that boots by itself from its own MBR and extlinux.
 
 Building takes minutes on two shared cores, so images are cached, keyed by a hash of the recipe (every
 input that shapes the image: packages, configuration files, sizes): change the recipe and the next run
@@ -26,47 +24,55 @@ has to solve, left in on purpose.
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.quickstart import MbrPartition, write_mbr
+from providers.kvm import debian_image
+from providers.kvm.debian_image import (
+    MBR_CODE_SIZE,
+    MIRROR_ENV,
+    MKE2FS_CONF,
+    PART_START,
+    SUITE,
+    SYSLINUX_MBR,
+    ImageBuildError,
+    apt_mirror,
+    fingerprint_of,
+    remove_stale_builds,
+)
+
+__all__ = [
+    "MBR_CODE_SIZE",
+    "MIRROR_ENV",
+    "MKE2FS_CONF",
+    "PART_START",
+    "SUITE",
+    "SYSLINUX_MBR",
+    "GuestImage",
+    "ImageBuildError",
+    "apt_mirror",
+    "cached_image",
+    "ensure_image",
+    "fingerprint_of",
+    "missing_tools",
+    "recipe",
+    "recipe_hash",
+    "remove_stale_builds",
+]
 
 MiB = 1024**2
 
 CACHE_ENV = "HVMIGRATE_TESTBED_CACHE"
-MIRROR_ENV = "HVMIGRATE_TESTBED_MIRROR"
 DEFAULT_CACHE = Path("/var/cache/hvmigrate-testbed")
 
-SUITE = "bookworm"
-# python3-minimal alone lacks json, dataclasses, ctypes, mmap, queue, shutil and concurrent.futures, all of
-# which the agent imports: python3 (the standard library, about 20 MB more) is the smallest that runs it.
-PACKAGES = (
-    "openssh-server",
-    "ifupdown",
-    "iproute2",
-    "systemd-sysv",
-    "udev",
-    "python3-minimal",
-    "python3",
-    "linux-image-cloud-amd64",
-    "initramfs-tools",
-    "extlinux",
-)
+PACKAGES = debian_image.PACKAGES  # the shared set: one debootstrap serves this image and the appliance's
 
 HOSTNAME = "src01"
 MAC = "52:54:00:13:21:10"
@@ -76,29 +82,7 @@ PREFIX = 24
 GATEWAY = "192.168.213.1"  # the host's side of the test network
 
 IMAGE_SIZE = 1536 * MiB
-PART_START = 1 * MiB
 ROOT_LABEL = "root"
-SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
-MBR_CODE_SIZE = 440  # the boot code area, before the disk signature and the partition table
-
-DEBOOTSTRAP_TIMEOUT = 1800.0
-COMMAND_TIMEOUT = 600.0
-
-# mke2fs's defaults differ between e2fsprogs releases; pinned so that the recipe, not the host, decides.
-MKE2FS_CONF = """\
-[defaults]
-\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
-\tdefault_mntopts = acl,user_xattr
-\tenable_periodic_fsck = 0
-\tblocksize = 4096
-\tinode_size = 256
-\tinode_ratio = 16384
-
-[fs_types]
-\text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-\t}
-"""
 
 # Files written into the root after debootstrap; {placeholders} are filled at build time.
 ROOT_FILES: dict[str, str] = {
@@ -137,10 +121,6 @@ ROOT_FILES: dict[str, str] = {
     ),
 }
 RECIPE_VERSION = 1  # bump when the build steps change in a way the data above does not show
-
-
-class ImageBuildError(RuntimeError):
-    """The guest image could not be built; the message says what to install or look at."""
 
 
 @dataclass(frozen=True)
@@ -188,8 +168,7 @@ def recipe() -> dict[str, Any]:
 
 
 def recipe_hash(data: dict[str, Any] | None = None) -> str:
-    encoded = json.dumps(recipe() if data is None else data, sort_keys=True).encode()
-    return hashlib.sha256(encoded).hexdigest()
+    return debian_image.recipe_hash(recipe() if data is None else data)
 
 
 def cache_dir() -> Path:
@@ -228,8 +207,7 @@ def ensure_image(cache: Path | None = None, *, log: Callable[[str], None] = prin
         return found
     if problems := missing_tools():
         raise ImageBuildError("cannot build the guest image: " + "; ".join(problems))
-    cache.mkdir(parents=True, exist_ok=True)
-    with _cache_lock(cache, log):
+    with debian_image.cache_lock(cache, log, "the guest image"):
         if (found := cached_image(cache)) is not None:  # another process built it while we waited
             return found
         return build_image(cache, log=log)
@@ -237,77 +215,7 @@ def ensure_image(cache: Path | None = None, *, log: Callable[[str], None] = prin
 
 def missing_tools() -> list[str]:
     """What is missing to build the image here, as Debian package hints (empty: everything is there)."""
-    tools = {
-        "debootstrap": "debootstrap",
-        "extlinux": "extlinux",
-        "mke2fs": "e2fsprogs",
-        "e2fsck": "e2fsprogs",
-        "losetup": "mount",
-        "mount": "mount",
-        "ssh-keygen": "openssh-client",
-    }
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [
-        f"{tool} (Debian package {pkg}) is missing"
-        for tool, pkg in tools.items()
-        if not shutil.which(tool, path=path)
-    ]
-    if not SYSLINUX_MBR.is_file():
-        missing.append(f"{SYSLINUX_MBR} (Debian package syslinux-common) is missing")
-    if os.geteuid() != 0:
-        missing.append("building the image needs root (debootstrap, chroot, loop devices)")
-    return missing
-
-
-@contextlib.contextmanager
-def _cache_lock(cache: Path, log: Callable[[str], None]) -> Iterator[None]:
-    """One build at a time per cache: a second test run waits for the first one's image."""
-    with open(cache / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"another process is building the guest image in {cache}; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------- where packages come from
-
-
-def apt_mirror(suite: str = SUITE) -> str:
-    """The Debian mirror apt uses on this machine for ``suite`` (HVMIGRATE_TESTBED_MIRROR overrides)."""
-    if override := os.environ.get(MIRROR_ENV):
-        return override
-    for uri, suites in _apt_sources():
-        if suite in suites:
-            return uri
-    return "http://deb.debian.org/debian"
-
-
-def _apt_sources(root: Path = Path("/etc/apt")) -> Iterator[tuple[str, list[str]]]:
-    """(URI, suites) of every enabled 'deb' source, one-line and deb822 formats alike."""
-    files = [root / "sources.list", *sorted((root / "sources.list.d").glob("*.list"))]
-    for path in files:
-        with contextlib.suppress(OSError):
-            for line in path.read_text().splitlines():
-                words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()  # options: [arch=...]
-                if len(words) >= 3 and words[0] == "deb":
-                    yield words[1], [words[2]]
-    for path in sorted((root / "sources.list.d").glob("*.sources")):
-        with contextlib.suppress(OSError):
-            for stanza in re.split(r"\n\s*\n", path.read_text()):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if ":" in line and not line.startswith(("#", " ", "\t")):
-                        key, value = line.split(":", 1)
-                        fields[key.strip().lower()] = value.strip()
-                if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
-                    continue
-                for uri in fields.get("uris", "").split():
-                    yield uri, fields.get("suites", "").split()
+    return debian_image.missing_tools({"ssh-keygen": "openssh-client"})
 
 
 # ---------------------------------------------------------------- the build
@@ -320,23 +228,22 @@ def build_image(cache: Path, *, log: Callable[[str], None] = print) -> GuestImag
     """
     digest = recipe_hash()
     final = cache / entry_name(digest)
-    remove_stale_builds(cache)
-    work = Path(tempfile.mkdtemp(prefix=f".build-{digest[:16]}-", dir=cache))
     started = time.monotonic()
-    try:
+    with debian_image.build_dir(cache, digest) as work:
         root = work / "root"
         out = work / "out"
         out.mkdir()
         mirror = apt_mirror()
-        log(f"debootstrap {SUITE} from {mirror} (a few minutes)")
-        debootstrap_seconds = _debootstrap(root, mirror, cache / "debootstrap.log")
+        debootstrap_seconds = debian_image.prepared_root(cache, root, packages=PACKAGES, log=log)
         root_uuid = str(uuid.uuid4())
-        kernel, initrd = _kernel_files(root)
+        kernel, initrd = debian_image.kernel_files(root)
         log("configuring the root: hostname, network, sshd keys, boot loader config, initramfs")
         _configure_root(root, out, root_uuid=root_uuid, kernel=kernel, initrd=initrd)
         log(f"making the disk: MBR, ext4 from the root tree, extlinux ({IMAGE_SIZE // MiB} MiB, sparse)")
         disk = out / "disk.raw"
-        _make_disk(disk, root, root_uuid, seed=digest, work=work)
+        debian_image.make_disk(
+            disk, root, root_uuid, image_size=IMAGE_SIZE, label=ROOT_LABEL, seed=digest, work=work
+        )
         disk.chmod(0o444)  # the cached image is only ever a backing file
         stat = disk.stat()
         manifest = {
@@ -348,7 +255,7 @@ def build_image(cache: Path, *, log: Callable[[str], None] = print) -> GuestImag
             "initrd": initrd,
             "interface": INTERFACE,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "debootstrap_seconds": round(debootstrap_seconds, 1),
+            "debootstrap_seconds": round(debootstrap_seconds, 1),  # 0: the cached debootstrap served
             "build_seconds": round(time.monotonic() - started, 1),
             "apparent_bytes": stat.st_size,
             "allocated_bytes": stat.st_blocks * 512,
@@ -356,111 +263,17 @@ def build_image(cache: Path, *, log: Callable[[str], None] = print) -> GuestImag
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.rename(out, final)  # the cache entry appears complete, or not at all
         log(f"guest image ready: {final / 'disk.raw'}")
-    finally:
-        _remove_build_dir(work)
     return load_image(final)
 
 
-def remove_stale_builds(cache: Path) -> list[Path]:
-    """Remove what killed builds left in ``cache``, mounts and loop devices first; hold the cache lock."""
-    removed = []
-    for stale in sorted(cache.glob(".build-*")):
-        if stale.is_dir():
-            _remove_build_dir(stale)
-            removed.append(stale)
-    return removed
-
-
-def _remove_build_dir(work: Path) -> None:
-    """Unmount and detach whatever still points into ``work``, then delete it without crossing filesystems.
-
-    debootstrap mounts /proc and /sys in the root it builds; a killed one leaves them mounted, and a plain
-    recursive delete would walk into them.
-    """
-    prefix = str(work.resolve()) + "/"
-    mounts = [
-        line.split()[1].encode().decode("unicode_escape")
-        for line in Path("/proc/self/mounts").read_text().splitlines()
-        if line.split()[1].startswith(prefix)
-    ]
-    for target in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", target], capture_output=True, check=False)
-    for image in work.rglob("*.raw"):
-        _detach_loops(image)
-    subprocess.run(["rm", "-rf", "--one-file-system", str(work)], capture_output=True, check=False)
-
-
-def _detach_loops(image: Path) -> None:
-    found = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
-    for line in found.stdout.splitlines():
-        subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True, check=False)
-
-
-def _run(argv: list[str], what: str, *, timeout: float = COMMAND_TIMEOUT, **kwargs: Any) -> str:
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-    except subprocess.TimeoutExpired:
-        raise ImageBuildError(f"{what} did not finish within {timeout:.0f} s: {' '.join(argv)}") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-        raise ImageBuildError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}")
-    return result.stdout
-
-
-def _debootstrap(root: Path, mirror: str, log_path: Path) -> float:
-    started = time.monotonic()
-    argv = [
-        "debootstrap",
-        "--variant=minbase",
-        "--include=" + ",".join(PACKAGES),
-        SUITE,
-        str(root),
-        mirror,
-    ]
-    with open(log_path, "w") as log:
-        try:
-            result = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=DEBOOTSTRAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise ImageBuildError(f"debootstrap did not finish within {DEBOOTSTRAP_TIMEOUT:.0f} s") from None
-    if result.returncode != 0:
-        inner = root / "debootstrap" / "debootstrap.log"  # its own detailed log, gone with the build dir
-        if inner.exists():
-            with open(log_path, "a") as log:
-                log.write("\n--- debootstrap/debootstrap.log ---\n" + inner.read_text(errors="replace"))
-        tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
-        raise ImageBuildError(
-            f"debootstrap {SUITE} from {mirror} failed ({tail}); see {log_path}, check that this machine "
-            f"reaches the mirror or set {MIRROR_ENV}"
-        )
-    return time.monotonic() - started
-
-
-def _kernel_files(root: Path) -> tuple[str, str]:
-    kernels = sorted(p.name for p in (root / "boot").glob("vmlinuz-*"))
-    if not kernels:
-        raise ImageBuildError(
-            "debootstrap installed no kernel in /boot: is linux-image-cloud-amd64 available?"
-        )
-    kernel = kernels[-1]
-    initrd = "initrd.img-" + kernel.removeprefix("vmlinuz-")
-    return kernel, initrd
-
-
 def _configure_root(root: Path, out: Path, *, root_uuid: str, kernel: str, initrd: str) -> None:
-    values = {"root_uuid": root_uuid, "kernel": kernel, "initrd": initrd}
-    for guest_path, template in ROOT_FILES.items():
-        target = root / guest_path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():
-            target.unlink()
-        target.write_text(template.format(**values) if "{" in template else template)
-        target.chmod(0o644)
+    debian_image.write_files(root, ROOT_FILES, {"root_uuid": root_uuid, "kernel": kernel, "initrd": initrd})
 
     # sshd: one host key type, generated for this image, so a test can pin exactly what it will be offered.
     for old in (root / "etc/ssh").glob("ssh_host_*_key*"):
         old.unlink()
     host_key = root / "etc/ssh/ssh_host_ed25519_key"
-    _run(
+    debian_image.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{HOSTNAME}", "-f", str(host_key)],
         "ssh-keygen",
     )
@@ -470,7 +283,7 @@ def _configure_root(root: Path, out: Path, *, root_uuid: str, kernel: str, initr
 
     # root logs in with a key the test bed made, and with nothing else.
     client_key = out / "id_ed25519"
-    _run(
+    debian_image.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hvmigrate-testbed", "-f", str(client_key)],
         "ssh-keygen",
     )
@@ -482,62 +295,11 @@ def _configure_root(root: Path, out: Path, *, root_uuid: str, kernel: str, initr
     authorized.chmod(0o600)
 
     # the .link file must be in the initramfs too: its udev names the NIC before the root is mounted.
-    _run(
+    debian_image.run(
         ["chroot", str(root), "update-initramfs", "-u", "-k", kernel.removeprefix("vmlinuz-")],
         "update-initramfs",
     )
-
-    # what debootstrap downloaded is not part of a server; apt can fetch the lists again.
-    for leftover in [
-        *(root / "var/cache/apt/archives").glob("*.deb"),
-        *(root / "var/lib/apt/lists").glob("*_*"),
-    ]:
-        leftover.unlink()
-
-
-def fingerprint_of(public_line: str) -> str:
-    """SHA256:... of an OpenSSH public key line, as ``ssh-keygen -lf`` shows it."""
-    blob = base64.b64decode(public_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
-def _make_disk(disk: Path, root: Path, root_uuid: str, *, seed: str, work: Path) -> None:
-    part_size = IMAGE_SIZE - PART_START
-    with open(disk, "wb") as handle:
-        handle.truncate(IMAGE_SIZE)
-    write_mbr(disk, [MbrPartition(PART_START, part_size, 0x83, bootable=True)], int(seed[:8], 16))
-
-    conf = work / "mke2fs.conf"
-    conf.write_text(MKE2FS_CONF)
-    env = {**os.environ, "MKE2FS_CONFIG": str(conf)}
-    _run(
-        [
-            "mke2fs", "-q", "-F", "-t", "ext4", "-U", root_uuid, "-L", ROOT_LABEL,
-            "-E", f"offset={PART_START},nodiscard", "-d", str(root), str(disk), f"{part_size // 1024}k",
-        ],
-        "mke2fs -d",
-        env=env,
-    )  # fmt: skip
-
-    loop = _run(
-        ["losetup", "--find", "--show", "-o", str(PART_START), "--sizelimit", str(part_size), str(disk)],
-        "losetup",
-    ).strip()
-    mountpoint = work / "mnt"
-    mountpoint.mkdir()
-    try:
-        _run(["e2fsck", "-f", "-n", loop], "e2fsck of the new root filesystem")
-        _run(["mount", "-t", "ext4", loop, str(mountpoint)], "mount of the new root filesystem")
-        try:
-            _run(["extlinux", "--install", str(mountpoint / "boot/extlinux")], "extlinux --install")
-        finally:
-            _run(["umount", str(mountpoint)], "umount")
-    finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True, check=False)
-
-    code = SYSLINUX_MBR.read_bytes()[:MBR_CODE_SIZE]
-    with open(disk, "r+b") as handle:
-        handle.write(code)  # boot code only: the signature and partition table behind it stay
+    debian_image.clean_package_caches(root)
 
 
 # ---------------------------------------------------------------- by hand
