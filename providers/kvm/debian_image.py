@@ -60,6 +60,17 @@ PACKAGES = (
 )
 
 PART_START = 1 * MiB
+# Boots the one kernel by root UUID, with the console on the serial port too (what libvirt logs).
+EXTLINUX_CONF = (
+    "SERIAL 0 115200\n"
+    "DEFAULT debian\n"
+    "PROMPT 0\n"
+    "TIMEOUT 0\n"
+    "LABEL debian\n"
+    "\tLINUX /boot/{kernel}\n"
+    "\tINITRD /boot/{initrd}\n"
+    "\tAPPEND root=UUID={root_uuid} ro console=tty0 console=ttyS0,115200n8\n"
+)
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 MBR_CODE_SIZE = 440  # the boot code area, before the disk signature and the partition table
 

@@ -66,6 +66,19 @@ def _refresh(pool: libvirt.virStoragePool) -> None:
         pool.refresh(0)
 
 
+def _volume_xml(name: str, capacity: int, fmt: str, allocation: int) -> str:
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(root, "allocation", unit="bytes").text = str(allocation)
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":
+        # v3 (compat 1.1): zero clusters, so zeroes and discards through qemu-nbd stay sparse
+        ET.SubElement(target, "compat").text = "1.1"
+    return ET.tostring(root, encoding="unicode")
+
+
 class Pools:
     def __init__(self, connection: Connection, default_pool: str) -> None:
         self.connection = connection
@@ -180,17 +193,8 @@ class Pools:
     def _create(
         self, pool: libvirt.virStoragePool, name: str, capacity: int, fmt: str, allocation: int
     ) -> libvirt.virStorageVol:
-        root = ET.Element("volume")
-        ET.SubElement(root, "name").text = name
-        ET.SubElement(root, "capacity", unit="bytes").text = str(capacity)
-        ET.SubElement(root, "allocation", unit="bytes").text = str(allocation)
-        target = ET.SubElement(root, "target")
-        ET.SubElement(target, "format", type=fmt)
-        if fmt == "qcow2":
-            # v3 (compat 1.1): zero clusters, so zeroes and discards through qemu-nbd stay sparse
-            ET.SubElement(target, "compat").text = "1.1"
         try:
-            return pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+            return pool.createXML(_volume_xml(name, capacity, fmt, allocation), 0)
         except libvirt.libvirtError as exc:
             raise failure(exc, f"creating volume {name} in pool {pool.name()} on {self.where}") from None
 
@@ -215,17 +219,9 @@ class Pools:
         for marker in (OWNER_SUFFIX, CLONING_SUFFIX):
             if self._lookup(pool, name + marker) is None:
                 self._create(pool, name + marker, 0, "raw", 0)
-        root = ET.Element("volume")
-        ET.SubElement(root, "name").text = name
-        ET.SubElement(root, "capacity", unit="bytes").text = str(source.capacity)
-        ET.SubElement(root, "allocation", unit="bytes").text = "0"
-        target = ET.SubElement(root, "target")
-        ET.SubElement(target, "format", type=fmt)
-        if fmt == "qcow2":
-            ET.SubElement(target, "compat").text = "1.1"
         origin = self.pool(source.pool).storageVolLookupByName(source.name)
         try:
-            volume = pool.createXMLFrom(ET.tostring(root, encoding="unicode"), origin, 0)
+            volume = pool.createXMLFrom(_volume_xml(name, source.capacity, fmt, 0), origin, 0)
         except libvirt.libvirtError as exc:
             raise failure(exc, f"cloning volume {source.name} into {name} on {self.where}") from None
         marker = self._lookup(pool, name + CLONING_SUFFIX)

@@ -57,19 +57,8 @@ REPO = Path(__file__).resolve().parents[2]
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def conn(libvirt_uri: str) -> Iterator[Any]:
-    import libvirt
-
-    connection = libvirt.open(libvirt_uri)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def pool(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with testbed.scratch_pool(conn, testbed.unique_name(), tmp_path_factory.mktemp("pool")) as made:
-        yield made
+conn = testbed.conn
+pool = testbed.pool
 
 
 def free_subnet(conn: Any) -> ipaddress.IPv4Network:

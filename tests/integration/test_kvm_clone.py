@@ -20,19 +20,8 @@ libvirt_uri = testbed.libvirt_uri
 MiB = 1024**2
 
 
-@pytest.fixture(scope="module")
-def conn(libvirt_uri: str) -> Iterator[Any]:
-    import libvirt
-
-    connection = libvirt.open(libvirt_uri)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def pool(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with testbed.scratch_pool(conn, testbed.unique_name(), tmp_path_factory.mktemp("pool")) as made:
-        yield made
+conn = testbed.conn
+pool = testbed.pool
 
 
 @pytest.fixture(scope="module")

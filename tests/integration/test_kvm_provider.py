@@ -35,19 +35,8 @@ PROVIDER = "lab-kvm"
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def conn(libvirt_uri: str) -> Iterator[Any]:
-    import libvirt
-
-    connection = libvirt.open(libvirt_uri)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def pool(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with testbed.scratch_pool(conn, testbed.unique_name(), tmp_path_factory.mktemp("pool")) as made:
-        yield made
+conn = testbed.conn
+pool = testbed.pool
 
 
 @pytest.fixture(scope="module")

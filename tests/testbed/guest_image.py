@@ -109,16 +109,7 @@ ROOT_FILES: dict[str, str] = {
         "KbdInteractiveAuthentication no\n"
         "UseDNS no\n"
     ),
-    "/boot/extlinux/extlinux.conf": (
-        "SERIAL 0 115200\n"
-        "DEFAULT debian\n"
-        "PROMPT 0\n"
-        "TIMEOUT 0\n"
-        "LABEL debian\n"
-        "\tLINUX /boot/{kernel}\n"
-        "\tINITRD /boot/{initrd}\n"
-        "\tAPPEND root=UUID={root_uuid} ro console=tty0 console=ttyS0,115200n8\n"
-    ),
+    "/boot/extlinux/extlinux.conf": debian_image.EXTLINUX_CONF,
 }
 RECIPE_VERSION = 1  # bump when the build steps change in a way the data above does not show
 

@@ -185,6 +185,23 @@ def libvirt_uri() -> str:
     return libvirt_uri_or_skip()
 
 
+@pytest.fixture(scope="module")
+def conn(libvirt_uri: str) -> Iterator[Any]:
+    """A libvirt connection for one test module (test modules take it as ``conn = testbed.conn``)."""
+    import libvirt
+
+    connection = libvirt.open(libvirt_uri)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def pool(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A scratch storage pool for one test module, removed with its volumes afterwards."""
+    with scratch_pool(conn, unique_name(), tmp_path_factory.mktemp("pool")) as made:
+        yield made
+
+
 def unique_name(prefix: str = "hvtest") -> str:
     """A name no parallel run shares (another engineer's test run uses the same libvirtd)."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
