@@ -32,7 +32,8 @@ SEED = 20260105
 FAKE_TIME = 1767225600  # 2026-01-01T00:00:00Z: every timestamp inside the images
 PART_START = 1 * MiB  # where partitioning tools have put the first partition since 2008
 
-_MKE2FS_CONF = """\
+# mke2fs's defaults differ between e2fsprogs releases; pinned so that the recipe, not the host, decides.
+MKE2FS_CONF = """\
 [defaults]
 \tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
 \tdefault_mntopts = acl,user_xattr
@@ -196,7 +197,7 @@ def make_ext4(image: Path, offset: int, size: int, tree: Tree, *, fs_uuid: uuid.
         root.mkdir()
         paths = _populate(root, tree)
         conf = Path(tmp) / "mke2fs.conf"
-        conf.write_text(_MKE2FS_CONF)
+        conf.write_text(MKE2FS_CONF)
         env = {**os.environ, "MKE2FS_CONFIG": str(conf), "E2FSPROGS_FAKE_TIME": str(FAKE_TIME)}
         hash_seed = uuid.uuid5(fs_uuid, "hash_seed")
         spec = f"{image}?offset={offset}" if offset else str(image)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.transport.local import LocalTransport
-from providers.base import AgentLocation, DiskReader
+from providers.base import AgentLocation, DiskEndpoint, DiskReader
 
 from .copier import Mode, PassStats, mirror_disk
 from .remote import RemotePassStats, mirror_remote
@@ -36,6 +36,31 @@ class DiskCopy:
     compression_level: int = 3
     map_path: str | None = None  # where the block map lives when not beside the target (NBD, devices)
     streams: int = 2  # chunks a reader agent hashes and compresses at once
+
+    @classmethod
+    def for_endpoint(
+        cls,
+        options: Any,
+        source: AgentLocation | None,
+        endpoint: DiskEndpoint,
+        writer: AgentLocation | None,
+        identity: str,
+        mode: Mode,
+    ) -> DiskCopy:
+        """The copy of one disk into a provider's endpoint with the playbook's mirror ``options``:
+        ``writer`` is the provider's writer_location (None: the endpoint's path, from here)."""
+        return cls(
+            source=source,
+            target=writer or AgentLocation(None, endpoint.path),
+            source_identity=identity,
+            chunk_size=options.chunk_size,
+            mode=mode,
+            verify=options.verify,
+            compression=options.compression,
+            compression_level=options.compression_level,
+            map_path=endpoint.transport.get("map_path"),
+            streams=options.streams,
+        )
 
     @property
     def in_process(self) -> bool:

@@ -176,20 +176,14 @@ class _MirrorPass(Step):
         mode: Mode,
     ) -> DiskCopy:
         """Where this disk is read and written; refused early when the two ends cannot meet."""
-        options = ctx.playbook.mirror_for(ctx.server)
         reading = _location(source, "disk_location", source_name)
-        writing = _location(provider, "writer_location", endpoint) or AgentLocation(None, endpoint.path)
-        copy = DiskCopy(
-            source=reading,
-            target=writing,
-            source_identity=f"{ctx.server.name}:{source_name}",
-            chunk_size=options.chunk_size,
-            mode=mode,
-            verify=options.verify,
-            compression=options.compression,
-            compression_level=options.compression_level,
-            map_path=endpoint.transport.get("map_path"),
-            streams=options.streams,
+        copy = DiskCopy.for_endpoint(
+            ctx.playbook.mirror_for(ctx.server),
+            reading,
+            endpoint,
+            _location(provider, "writer_location", endpoint),
+            f"{ctx.server.name}:{source_name}",
+            mode,
         )
         if reading is None and not copy.in_process:
             raise StepFailed(

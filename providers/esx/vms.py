@@ -8,13 +8,13 @@ key); a MAC the playbook keeps is set as a manual MAC so vSphere never changes i
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from pyVmomi import vim
 
 from providers.base import DiskRef, NicRequest, ProviderError
+from providers.macs import normalized_mac
 
 from .inventory import PortGroupFacts
 
@@ -30,7 +30,6 @@ NIC_TYPES = {
 UNITS_PER_SCSI = 15  # units 0-15 without 7
 UNITS_PER_SATA = 30
 MAX_CONTROLLERS = 4
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
 
 def controller_kind(requested: str | None, default_scsi: str) -> str:
@@ -150,11 +149,8 @@ def nic_spec(
         ),
     )
     if nic.mac:
-        mac = nic.mac.lower().replace("-", ":")
-        if not _MAC_RE.match(mac):
-            raise ProviderError(f"VM {vm_name}: {nic.mac!r} is not a MAC address like 00:50:56:12:34:56")
         card.addressType = "manual"
-        card.macAddress = mac
+        card.macAddress = normalized_mac(vm_name, nic.mac, example="00:50:56:12:34:56")
     else:
         card.addressType = "generated"
     return add(card)

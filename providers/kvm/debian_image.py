@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator.quickstart import MbrPartition, write_mbr
+from orchestrator.quickstart import MKE2FS_CONF, MbrPartition, write_mbr
 
 MiB = 1024**2
 
@@ -76,22 +76,6 @@ MBR_CODE_SIZE = 440  # the boot code area, before the disk signature and the par
 
 DEBOOTSTRAP_TIMEOUT = 1800.0
 COMMAND_TIMEOUT = 600.0
-
-# mke2fs's defaults differ between e2fsprogs releases; pinned so that the recipe, not the host, decides.
-MKE2FS_CONF = """\
-[defaults]
-\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
-\tdefault_mntopts = acl,user_xattr
-\tenable_periodic_fsck = 0
-\tblocksize = 4096
-\tinode_size = 256
-\tinode_ratio = 16384
-
-[fs_types]
-\text4 = {
-\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
-\t}
-"""
 
 # tool -> the Debian package that has it
 BUILD_TOOLS: dict[str, str] = {

@@ -15,8 +15,6 @@ volumes into it (appliance.py); that needs a local URI for now.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 import threading
 import time
 import uuid
@@ -39,6 +37,7 @@ from providers.base import (
     VmRef,
     VmRequest,
 )
+from providers.macs import assign_mac
 
 from . import boot
 from .appliance import MAX_DISKS as MAX_APPLIANCE_DISKS
@@ -70,7 +69,6 @@ from .volumes import FORMATS, Pools, Volume, check_name, volume_name
 MIN_MEMORY = 32 * 1024**2
 MAX_NICS = 16
 SHUTDOWN_POLL = 0.5
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
     | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
@@ -593,22 +591,7 @@ class KvmProvider:
                     f"VM {request.name}: network {nic.network} cannot tag VLAN {nic.vlan} (libvirt tags "
                     "VLANs on Open vSwitch and SR-IOV networks only); map the NIC to a network carrying it"
                 )
-            mac = (
-                nic.mac.lower().replace("-", ":")
-                if nic.mac
-                else _generated_mac(request.name, index, in_use, nic.network)
-            )
-            if not _MAC_RE.match(mac):
-                raise ProviderError(
-                    f"VM {request.name}: {nic.mac!r} is not a MAC address like 52:54:00:12:34:56"
-                )
-            other = in_use.get((nic.network, mac))
-            if other:
-                raise ProviderError(
-                    f"VM {request.name}: MAC {mac} is already used by VM {other} on network {nic.network}; "
-                    "use mac: new or isolate the test network"
-                )
-            in_use[(nic.network, mac)] = request.name
+            mac = assign_mac(request.name, index, nic.mac, nic.network, in_use)
             nics.append(
                 NicSpec(network=nic.network, mac=mac, model=model, vlan=nic.vlan, connected=nic.connected)
             )
@@ -626,13 +609,3 @@ def _disk_buses(request: VmRequest) -> list[str]:
                 f"{', '.join(DISK_BUSES)}"
             )
     return buses
-
-
-def _generated_mac(vm: str, index: int, in_use: dict[tuple[str, str], str], network: str) -> str:
-    """52:54:00 (QEMU's prefix) and three bytes from the VM name: the same VM gets the same MAC again."""
-    for attempt in range(256):
-        digest = hashlib.sha256(f"{vm}/{index}/{attempt}".encode()).digest()
-        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-        if (network, mac) not in in_use:
-            return mac
-    raise ProviderError(f"VM {vm}: no free generated MAC on network {network}; give one with mac:")

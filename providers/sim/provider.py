@@ -17,7 +17,6 @@ Layout under ``root``::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -40,6 +39,7 @@ from providers.base import (
     VmRef,
     VmRequest,
 )
+from providers.macs import assign_mac
 
 from . import boot
 from .state import HostState
@@ -47,7 +47,6 @@ from .state import HostState
 MAX_DISKS_PER_APPLIANCE = 60  # vSphere's limit per VM (4 controllers x 15 targets); the sim keeps it
 MIN_MEMORY = 32 * 1024**2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _HOST_ATTACHMENTS = "host-attachments.json"
 
 
@@ -537,22 +536,7 @@ class SimProvider:
                     f"network {nic.network} does not exist on sim host {self.config.host}; "
                     f"networks: {', '.join(self.config.networks)}"
                 )
-            mac = (
-                nic.mac.lower().replace("-", ":")
-                if nic.mac
-                else _generated_mac(request.name, index, in_use, nic.network)
-            )
-            if not _MAC_RE.match(mac):
-                raise ProviderError(
-                    f"VM {request.name}: {nic.mac!r} is not a MAC address like 52:54:00:12:34:56"
-                )
-            other = in_use.get((nic.network, mac))
-            if other:
-                raise ProviderError(
-                    f"VM {request.name}: MAC {mac} is already used by VM {other} on network "
-                    f"{nic.network}; use mac: new or isolate the test network"
-                )
-            in_use[(nic.network, mac)] = request.name
+            mac = assign_mac(request.name, index, nic.mac, nic.network, in_use)
             nics.append(
                 {
                     "network": nic.network,
@@ -563,16 +547,6 @@ class SimProvider:
                 }
             )
         return nics
-
-
-def _generated_mac(vm: str, index: int, in_use: dict[tuple[str, str], str], network: str) -> str:
-    """52:54:00 (QEMU's prefix) and three bytes from the VM name: the same VM gets the same MAC again."""
-    for attempt in range(256):
-        digest = hashlib.sha256(f"{vm}/{index}/{attempt}".encode()).digest()
-        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
-        if (network, mac) not in in_use:
-            return mac
-    raise ProviderError(f"VM {vm}: no free generated MAC on network {network}; give one with mac:")
 
 
 def _sparse_copy(source: Path, target: Path, size: int) -> None:

@@ -111,21 +111,9 @@ def image() -> Path:
 
 
 def make_provider(uri: str, pool_name: str, **overrides: Any) -> Any:
-    from orchestrator.playbook.models import KvmProviderConfig
-    from providers.kvm import KvmProvider
-
-    options: dict[str, Any] = {
-        "type": "kvm",
-        "uri": uri,
-        "storage_pool": pool_name,
-        "domain_type": "qemu",
-        "shutdown_timeout": 1,
-        "appliance_cpus": 1,
-        "appliance_memory": 512 * MiB,
-        "appliance_boot_timeout": 300,
-    }
-    options.update(overrides)
-    return KvmProvider(PROVIDER, KvmProviderConfig(**options))
+    """Appliances small enough for two shared cores, and patient enough for TCG."""
+    options = {"appliance_cpus": 1, "appliance_memory": 512 * MiB, "appliance_boot_timeout": 300}
+    return testbed.kvm_provider(uri, pool_name, PROVIDER, **{**options, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -189,22 +177,15 @@ def source_image(path: Path) -> Path:
 
 
 def mirror_pass(provider: Any, endpoint: DiskEndpoint, source: Path, mode: str) -> Any:
-    """One pass of one disk built as orchestrator/steps/mirror.py's plan_copy builds it."""
-    options = MirrorOptions(chunk_size=MiB)
+    """One pass of one disk, built as the mirror step builds it."""
     reader = ImageSource("src", ImageSourceConfig(type="image", path=source))
-    reading = reader.disk_location(source.name)
-    writing = provider.writer_location(endpoint) or AgentLocation(None, endpoint.path)
-    copy = DiskCopy(
-        source=reading,
-        target=writing,
-        source_identity=f"src:{source.name}",
-        chunk_size=options.chunk_size,
-        mode=mode,
-        verify=options.verify,
-        compression=options.compression,
-        compression_level=options.compression_level,
-        map_path=endpoint.transport.get("map_path"),
-        streams=options.streams,
+    copy = DiskCopy.for_endpoint(
+        MirrorOptions(chunk_size=MiB),
+        reader.disk_location(source.name),
+        endpoint,
+        provider.writer_location(endpoint),
+        f"src:{source.name}",
+        mode,
     )
     assert not copy.in_process  # the writer runs in the appliance, not here
     return copy_disk(copy, open_reader=lambda: reader.open_disk(source.name))

@@ -26,11 +26,7 @@ pool = testbed.pool
 
 @pytest.fixture(scope="module")
 def provider(libvirt_uri: str, pool: Any) -> Iterator[Any]:
-    from orchestrator.playbook.models import KvmProviderConfig
-    from providers.kvm import KvmProvider
-
-    config = KvmProviderConfig(type="kvm", uri=libvirt_uri, storage_pool=pool.name(), domain_type="qemu")
-    made = KvmProvider("lab-kvm", config)
+    made = testbed.kvm_provider(libvirt_uri, pool.name())
     yield made
     made.close()
 

@@ -46,18 +46,7 @@ def network(conn: Any) -> Iterator[str]:
 
 
 def make_provider(uri: str, pool_name: str, **overrides: Any) -> Any:
-    from orchestrator.playbook.models import KvmProviderConfig
-    from providers.kvm import KvmProvider
-
-    options: dict[str, Any] = {
-        "type": "kvm",
-        "uri": uri,
-        "storage_pool": pool_name,
-        "domain_type": "qemu",
-        "shutdown_timeout": 1,
-    }
-    options.update(overrides)
-    return KvmProvider(PROVIDER, KvmProviderConfig(**options))
+    return testbed.kvm_provider(uri, pool_name, PROVIDER, **overrides)
 
 
 @pytest.fixture(scope="module")

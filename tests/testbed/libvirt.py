@@ -185,6 +185,22 @@ def libvirt_uri() -> str:
     return libvirt_uri_or_skip()
 
 
+def kvm_provider(uri: str, pool_name: str, name: str = "lab-kvm", **overrides: Any) -> Any:
+    """A KvmProvider as the tests configure it: TCG domains (nested hosts), short timeouts."""
+    from orchestrator.playbook.models import KvmProviderConfig
+    from providers.kvm import KvmProvider
+
+    options: dict[str, Any] = {
+        "type": "kvm",
+        "uri": uri,
+        "storage_pool": pool_name,
+        "domain_type": "qemu",
+        "shutdown_timeout": 1,
+        **overrides,
+    }
+    return KvmProvider(name, KvmProviderConfig(**options))
+
+
 @pytest.fixture(scope="module")
 def conn(libvirt_uri: str) -> Iterator[Any]:
     """A libvirt connection for one test module (test modules take it as ``conn = testbed.conn``)."""
