@@ -6,27 +6,14 @@ from __future__ import annotations
 
 import json
 
-import dns.message
-import dns.name
-import dns.query
-import dns.rdatatype
-
 from tests.e2e.conftest import Migration
 from tests.images import sha256
-from tests.services.bind import BindServer
+from tests.services.bind import BindServer, ask
 from tests.services.bind_zones import bind_zones  # noqa: F401 - the fixture
 
 PB = "quickstart.yaml"
 WRONG_SECRET = "c2VjcmV0LXRoYXQtaXMtd3JvbmctYnV0LWJhc2U2NC0hIQ=="
 SERVERS = ("db01", "web01", "app01")
-
-
-def ask(server: BindServer, name: str, rtype: str) -> list[tuple[str, int]]:
-    response = dns.query.tcp(dns.message.make_query(name, rtype), server.host, port=server.port, timeout=3)
-    found = response.get_rrset(
-        response.answer, dns.name.from_text(name), "IN", dns.rdatatype.from_text(rtype)
-    )
-    return sorted((r.to_text(), found.ttl) for r in found) if found else []
 
 
 def records(server: BindServer) -> dict[str, list[tuple[str, int]]]:

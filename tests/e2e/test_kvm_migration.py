@@ -24,7 +24,6 @@ Three TCG boots and a mirror read by a TCG guest: minutes. The time of each phas
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -39,16 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.name
-import dns.query
-import dns.rdatatype
 import pytest
 
 from orchestrator.planner import TEST_CHAIN
 from tests.e2e.conftest import Migration
-from tests.services.bind import BindServer, _free_port, _named, running_named
-from tests.services.bind_zones import _serving
+from tests.services.bind import BindServer, ask, started_bind
 from tests.testbed import libvirt as testbed
 from tests.testbed import source_vm as source_vm_bed
 from tests.testbed.source_vm import SourceVm
@@ -192,35 +186,16 @@ def pool(conn: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
     """A real BIND with corp.test (db01 at the source's address) and the 192.168 reverse zone, both
     updatable with the TSIG key migkey."""
-    named = _named()
-    if named is None:
-        pytest.skip("named is not installed (Debian package bind9)")
-    directory = tmp_path_factory.mktemp("bind")
-    secret = base64.b64encode(os.urandom(32)).decode()
-    server = BindServer("127.0.0.1", _free_port(), "migkey", "hmac-sha256", secret, directory)
     soa = (
         "@ 3600 IN SOA ns1.corp.test. hostmaster.corp.test. 1 3600 600 604800 60\n"
         "@ 3600 IN NS ns1.corp.test.\n"
     )
+    rule = 'allow-update { key "migkey"; };'
     zones = {
-        ZONE: f"ns1 3600 IN A 127.0.0.1\ndb01 300 IN A {SOURCE_IP}\n",
-        REVERSE_ZONE: f"10.213 300 IN PTR {FQDN}\n",
+        ZONE: (f"{soa}ns1 3600 IN A 127.0.0.1\ndb01 300 IN A {SOURCE_IP}\n", rule),
+        REVERSE_ZONE: (f"{soa}10.213 300 IN PTR {FQDN}\n", rule),
     }
-    stanzas = []
-    for zone, records in zones.items():
-        (directory / f"{zone}.zone").write_text(f"$ORIGIN {zone}.\n{soa}{records}")
-        stanzas.append(
-            f'zone "{zone}" {{ type primary; file "{directory}/{zone}.zone"; '
-            'allow-update { key "migkey"; }; };'
-        )
-    (directory / "named.conf").write_text(
-        f'key "migkey" {{ algorithm hmac-sha256; secret "{secret}"; }};\n'
-        f'options {{ directory "{directory}"; listen-on port {server.port} {{ 127.0.0.1; }}; '
-        f'listen-on-v6 {{ none; }}; pid-file "{directory}/named.pid"; session-keyfile '
-        f'"{directory}/session.key"; managed-keys-directory "{directory}"; recursion no; '
-        "dnssec-validation no; };\ncontrols { };\n" + "\n".join(stanzas) + "\n"
-    )
-    with running_named(directory, lambda: _serving(server.port)):
+    with started_bind(tmp_path_factory.mktemp("bind"), zones) as server:
         yield server
 
 
@@ -244,14 +219,6 @@ def replica_name(conn: Any) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def ask(server: BindServer, name: str, rtype: str) -> list[tuple[str, int]]:
-    response = dns.query.tcp(dns.message.make_query(name, rtype), server.host, port=server.port, timeout=3)
-    found = response.get_rrset(
-        response.answer, dns.name.from_text(name), "IN", dns.rdatatype.from_text(rtype)
-    )
-    return sorted((r.to_text(), found.ttl) for r in found) if found else []
 
 
 def records(server: BindServer) -> dict[str, list[tuple[str, int]]]:

@@ -191,20 +191,36 @@ def test_the_registry_builds_an_ssh_source_without_connecting(tmp_path: Path) ->
     source.close()
 
 
+# One server onto the sim: what the `migrate validate --discover` tests below add their db01 to.
+WAVE = """\
+apiVersion: hvmigrate/v1
+kind: MigrationPlaybook
+name: ssh-wave
+providers:
+  local: {type: sim, root: ./sim}
+servers:
+  - name: db01
+"""
+
+
+def validate_discover(playbook: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "validate", "--discover", "--json", str(playbook)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
 def test_migrate_validate_discovers_an_ssh_source(sshd_server: SshServer, tmp_path: Path) -> None:
     """The command line end to end: the registry opens the source, the agent discovers it over SSH and
     the rule catalog checks the disk map against what it found."""
     disk = partitioned_disk(tmp_path / "db01-vda.img")
     playbook = tmp_path / "wave.yaml"
     playbook.write_text(
-        f"""\
-apiVersion: hvmigrate/v1
-kind: MigrationPlaybook
-name: ssh-wave
-providers:
-  local: {{type: sim, root: ./sim}}
-servers:
-  - name: db01
+        WAVE
+        + f"""\
     source: {{type: ssh, host: {sshd_server.host}, port: {sshd_server.port}, user: {sshd_server.user},
              key: {sshd_server.client_key}, known_hosts: {sshd_server.known_hosts}, quiesce: fsfreeze}}
     target:
@@ -213,12 +229,7 @@ servers:
       disks: [{{source: {disk}, format: raw}}, {{source: {tmp_path / "gone.img"}, format: raw}}]
 """
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "validate", "--discover", "--json", str(playbook)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = validate_discover(playbook)
     # a disk that is not there makes the discovery a problem, said on stderr with the reason
     assert done.returncode in (0, 1), done.stderr
     assert "source of db01 could not be discovered" in done.stderr
@@ -227,12 +238,7 @@ servers:
 
     gone = f", {{source: {tmp_path / 'gone.img'}, format: raw}}"
     playbook.write_text(playbook.read_text().replace(gone, ""))
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "validate", "--discover", "--json", str(playbook)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = validate_discover(playbook)
     findings = json.loads(done.stdout)
     rules = {f["rule_id"] for f in findings}
     assert "facts.not_discovered" not in rules and "disk.unknown_source" not in rules
@@ -252,26 +258,14 @@ def test_a_key_the_server_refuses_is_one_clear_line_without_the_password(
     disk = partitioned_disk(tmp_path / "db01-vda.img")
     playbook = tmp_path / "wave.yaml"
     playbook.write_text(
-        f"""\
-apiVersion: hvmigrate/v1
-kind: MigrationPlaybook
-name: ssh-wave
-providers:
-  local: {{type: sim, root: ./sim}}
-servers:
-  - name: db01
+        WAVE
+        + f"""\
     source: {{type: ssh, host: {sshd_server.host}, port: {sshd_server.port}, user: {sshd_server.user},
              key: {stranger}, known_hosts: {sshd_server.known_hosts}, password: "${{env:DB01_PASSWORD}}"}}
     target: {{provider: local, vm_name: db01, disks: [{{source: {disk}, format: raw}}]}}
 """
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "validate", "--discover", "--json", str(playbook)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "DB01_PASSWORD": password},
-    )
+    done = validate_discover(playbook, DB01_PASSWORD=password)
     assert done.returncode in (0, 1), done.stderr
     where = f"{sshd_server.user}@127.0.0.1:{sshd_server.port}"
     (line,) = [text for text in done.stderr.splitlines() if "could not be discovered" in text]

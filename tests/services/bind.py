@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 ZONE = """\
-$ORIGIN {zone}.
 @ 3600 IN SOA ns1 hostmaster 1 3600 600 604800 60
 @ 3600 IN NS ns1
 ns1 3600 IN A 127.0.0.1
@@ -54,12 +53,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
+def _answers(port: int, zone: str) -> bool:
     import dns.message
     import dns.query
 
     try:
-        dns.query.tcp(dns.message.make_query("corp.test.", "SOA"), "127.0.0.1", port=port, timeout=0.5)
+        dns.query.tcp(dns.message.make_query(f"{zone}.", "SOA"), "127.0.0.1", port=port, timeout=0.5)
     except Exception:  # not up yet, whatever the reason
         return False
     return True
@@ -67,19 +66,38 @@ def _answers(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def bind_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
-    named = _named()
-    if named is None:
+    rule = 'allow-update { key "migkey"; };'
+    zones = {"corp.test": (ZONE, rule), "locked.test": (ZONE, "")}
+    with started_bind(tmp_path_factory.mktemp("bind"), zones) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def started_bind(
+    directory: Path, zones: Mapping[str, tuple[str, str]], other_keys: Sequence[str] = ()
+) -> Iterator[BindServer]:
+    """named on 127.0.0.1 and a free port until the block ends, serving ``zones`` (name -> (its records,
+    SOA first, after ``$ORIGIN``; its update rule)), with TSIG key ``migkey`` (hmac-sha256) and each of
+    ``other_keys`` with a secret of its own. Skips the test when named is not installed."""
+    if _named() is None:
         pytest.skip("named is not installed (Debian package bind9)")
-    directory = tmp_path_factory.mktemp("bind")
-    secret = base64.b64encode(os.urandom(32)).decode()
-    key = BindServer("127.0.0.1", _free_port(), "migkey", "hmac-sha256", secret, directory)
-    for zone in ("corp.test", "locked.test"):
-        (directory / f"{zone}.zone").write_text(ZONE.format(zone=zone))
-    (directory / "named.conf").write_text(f"""
-key "{key.key_name}" {{ algorithm {key.algorithm}; secret "{secret}"; }};
-options {{
+    server = BindServer(
+        "127.0.0.1",
+        _free_port(),
+        "migkey",
+        "hmac-sha256",
+        base64.b64encode(os.urandom(32)).decode(),
+        directory,
+    )
+    keys = {server.key_name: server.secret} | {
+        k: base64.b64encode(os.urandom(32)).decode() for k in other_keys
+    }
+    stanzas = [
+        f'key "{name}" {{ algorithm hmac-sha256; secret "{secret}"; }};' for name, secret in keys.items()
+    ]
+    stanzas.append(f"""options {{
     directory "{directory}";
-    listen-on port {key.port} {{ 127.0.0.1; }};
+    listen-on port {server.port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
     pid-file "{directory}/named.pid";
     session-keyfile "{directory}/session.key";
@@ -87,14 +105,27 @@ options {{
     recursion no;
     dnssec-validation no;
 }};
-controls {{ }};
-zone "corp.test" {{
-    type primary; file "{directory}/corp.test.zone"; allow-update {{ key "{key.key_name}"; }};
-}};
-zone "locked.test" {{ type primary; file "{directory}/locked.test.zone"; }};
-""")
-    with running_named(directory, lambda: _answers(key.port)):
-        yield key
+controls {{ }};""")
+    for zone, (records, rule) in zones.items():
+        (directory / f"{zone}.zone").write_text(f"$ORIGIN {zone}.\n{records}")
+        stanzas.append(f'zone "{zone}" {{ type primary; file "{directory}/{zone}.zone"; {rule} }};')
+    (directory / "named.conf").write_text("\n".join(stanzas) + "\n")
+    with running_named(directory, lambda: _answers(server.port, next(iter(zones)))):
+        yield server
+
+
+def ask(server: BindServer, name: str, rtype: str) -> list[tuple[str, int]]:
+    """(value, ttl) of every record of ``name`` and ``rtype``, as the server answers now."""
+    import dns.message
+    import dns.name
+    import dns.query
+    import dns.rdatatype
+
+    response = dns.query.tcp(dns.message.make_query(name, rtype), server.host, port=server.port, timeout=3)
+    found = response.get_rrset(
+        response.answer, dns.name.from_text(name), "IN", dns.rdatatype.from_text(rtype)
+    )
+    return sorted((r.to_text(), found.ttl) for r in found) if found else []
 
 
 @contextlib.contextmanager

@@ -14,8 +14,6 @@ Key ``otherkey`` exists too (same algorithm, its own secret) but may update noth
 
 from __future__ import annotations
 
-import base64
-import os
 from collections.abc import Iterator
 
 import dns.message
@@ -24,7 +22,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from tests.services.bind import BindServer, _free_port, _named, running_named
+from tests.services.bind import BindServer, started_bind
 
 SOA = "@ 3600 IN SOA ns1.corp.test. hostmaster.corp.test. 1 3600 600 604800 60\n@ 3600 IN NS ns1.corp.test.\n"
 ZONES = {
@@ -39,14 +37,6 @@ ZONES = {
 }
 
 
-def _serving(port: int) -> bool:
-    try:
-        dns.query.tcp(dns.message.make_query("corp.test.", "SOA"), "127.0.0.1", port=port, timeout=0.5)
-    except Exception:  # not up yet, whatever the reason
-        return False
-    return True
-
-
 def serial(server: BindServer, zone: str) -> int:
     answer = dns.query.tcp(
         dns.message.make_query(f"{zone}.", "SOA"), server.host, port=server.port, timeout=3
@@ -56,34 +46,8 @@ def serial(server: BindServer, zone: str) -> int:
 
 @pytest.fixture
 def bind_zones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BindServer]:
-    named = _named()
-    if named is None:
-        pytest.skip("named is not installed (Debian package bind9)")
-    directory = tmp_path_factory.mktemp("bind-zones")
-    secret = base64.b64encode(os.urandom(32)).decode()
-    other = base64.b64encode(os.urandom(32)).decode()
-    server = BindServer("127.0.0.1", _free_port(), "migkey", "hmac-sha256", secret, directory)
-    zones = []
-    for zone, (records, rule) in ZONES.items():
-        (directory / f"{zone}.zone").write_text(f"$ORIGIN {zone}.\n{SOA}{records}")
-        zones.append(f'zone "{zone}" {{ type primary; file "{directory}/{zone}.zone"; {rule} }};')
-    (directory / "named.conf").write_text(
-        f'key "migkey" {{ algorithm hmac-sha256; secret "{secret}"; }};\n'
-        f'key "otherkey" {{ algorithm hmac-sha256; secret "{other}"; }};\n'
-        f"""options {{
-    directory "{directory}";
-    listen-on port {server.port} {{ 127.0.0.1; }};
-    listen-on-v6 {{ none; }};
-    pid-file "{directory}/named.pid";
-    session-keyfile "{directory}/session.key";
-    managed-keys-directory "{directory}";
-    recursion no;
-    dnssec-validation no;
-}};
-controls {{ }};
-""" + "\n".join(zones) + "\n"
-    )
-    with running_named(directory, lambda: _serving(server.port)):
+    zones = {zone: (SOA + records, rule) for zone, (records, rule) in ZONES.items()}
+    with started_bind(tmp_path_factory.mktemp("bind-zones"), zones, other_keys=["otherkey"]) as server:
         yield server
 
 
