@@ -403,21 +403,7 @@ class ReaderRole:
                 yield kind, index, offset, min(chunk, self.size - offset), buffer, got, error
 
     def _read_ahead(self, reader: FileDiskReader, buffers: queue.Queue, wanted: Any) -> ReadAhead:
-        def take(timeout: float) -> memoryview | None:
-            try:
-                return buffers.get(timeout=timeout)
-            except queue.Empty:
-                return None
-
-        return ReadAhead(
-            reader,
-            chunk_size=self.chunk_size,
-            size=self.size,
-            wanted=wanted,
-            take_buffer=take,
-            give_back=buffers.put,
-            depth=buffers.qsize(),
-        )
+        return ReadAhead.from_pool(reader, buffers, chunk_size=self.chunk_size, size=self.size, wanted=wanted)
 
     def _received(
         self, buffer: memoryview, offset: int, length: int, got: int, error: OSError | None

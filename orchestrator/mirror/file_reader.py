@@ -163,6 +163,28 @@ class ReadAhead:
     HOLE, SKIP, DATA = 0, 1, 2
     WAIT = 0.1  # seconds between looks at the stop flag while blocked
 
+    @classmethod
+    def from_pool(
+        cls, reader: Any, buffers: queue.Queue, *, chunk_size: int, size: int, wanted: Callable[[int], bool]
+    ) -> ReadAhead:
+        """Buffers from (and back to) a queue of them; as many in flight as the queue holds now."""
+
+        def take(timeout: float) -> Any:
+            try:
+                return buffers.get(timeout=timeout)
+            except queue.Empty:
+                return None
+
+        return cls(
+            reader,
+            chunk_size=chunk_size,
+            size=size,
+            wanted=wanted,
+            take_buffer=take,
+            give_back=buffers.put,
+            depth=buffers.qsize(),
+        )
+
     def __init__(
         self,
         reader: Any,

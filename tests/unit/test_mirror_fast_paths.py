@@ -84,15 +84,7 @@ def pool(count: int) -> queue.Queue:
 
 
 def read_ahead(reader: FileDiskReader, buffers: queue.Queue, wanted=lambda index: True) -> ReadAhead:
-    def take(timeout: float) -> memoryview | None:
-        try:
-            return buffers.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    return ReadAhead(
-        reader, chunk_size=CHUNK, size=reader.size, wanted=wanted, take_buffer=take, give_back=buffers.put
-    )
+    return ReadAhead.from_pool(reader, buffers, chunk_size=CHUNK, size=reader.size, wanted=wanted)
 
 
 def test_read_ahead_reads_data_chunks_in_order_and_announces_holes_and_skips_in_runs(tmp_path: Path) -> None:
