@@ -122,7 +122,7 @@ def _bios(ctx: StepContext) -> bool:
     return (facts(ctx).firmware if firmware == "auto" else firmware) == "bios"
 
 
-def _report(ctx: StepContext, plan: StagingPlan, applied: list[str], what: str) -> dict[str, Any]:
+def staging_report(ctx: StepContext, plan: StagingPlan, applied: list[str], what: str) -> dict[str, Any]:
     """Journal-ready output; findings and a one-line summary as events."""
     for item in plan.findings:
         ctx.event(
@@ -147,7 +147,7 @@ def _report(ctx: StepContext, plan: StagingPlan, applied: list[str], what: str) 
     }
 
 
-def _fail_on_critical(findings: list[Finding]) -> None:
+def fail_on_critical(findings: list[Finding]) -> None:
     critical = [f for f in findings if f.severity == "critical"]
     if critical:
         raise StepFailed(
@@ -168,8 +168,8 @@ class StageSystemState(Step):
             return {"edits": [], "hostname": hostname, "log": [], "findings": []}
         target = staging_target(ctx)
         plan, applied = _plan_and_apply(ctx, lambda: plan_system_state(disk_paths(ctx), target, hostname))
-        output = {**_report(ctx, plan, applied, f"system state of {hostname}"), "hostname": hostname}
-        _fail_on_critical(plan.findings)
+        output = {**staging_report(ctx, plan, applied, f"system state of {hostname}"), "hostname": hostname}
+        fail_on_critical(plan.findings)
         return output
 
     def undo(self, ctx: StepContext) -> None:
@@ -253,8 +253,8 @@ class RemapNics(Step):
         plan, applied = _plan_and_apply(
             ctx, lambda: plan_network(disk_paths(ctx), boot_disk_index(ctx), hostname, configs)
         )
-        output = {**_report(ctx, plan, applied, f"network of {hostname}"), "nics": nics}
-        _fail_on_critical(plan.findings)
+        output = {**staging_report(ctx, plan, applied, f"network of {hostname}"), "nics": nics}
+        fail_on_critical(plan.findings)
         return output
 
     def undo(self, ctx: StepContext) -> None:

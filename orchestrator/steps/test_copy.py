@@ -10,7 +10,6 @@ removes the copy and its disks and the migration carries on where it was.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from typing import Any
 
@@ -18,7 +17,7 @@ from orchestrator.guest.linux import apply_edits, find_linux_root, plan_network
 from orchestrator.steps.base import Step, StepContext, StepFailed
 from orchestrator.steps.common import optional_output, replica_disks, step_id
 from orchestrator.steps.disks import CreateDisks, detach_all
-from orchestrator.steps.guest import boot_disk_index, nic_configs
+from orchestrator.steps.guest import boot_disk_index, fail_on_critical, nic_configs, staging_report
 from orchestrator.steps.replica import CreateReplica, PowerOnReplica, VerifyReplica, vm_of
 from providers.base import DiskRef, DiskRequest, NicRequest
 
@@ -119,16 +118,16 @@ class StageTestCopy(Step):
             applied = apply_edits(boot, plan.edits)
         finally:
             detach_all(ctx, ctx.node.id)
-        ctx.event(
-            f"test copy {test_vm_name(ctx)}: addresses "
-            + ", ".join(f"nic{n['index']} {n['ip']}" for n in changed)
-            + f"; {len(plan.edits)} file(s) staged"
-        )
-        return {"nics": nics, "edits": [e.to_json() for e in plan.edits], "applied": applied}
+        addresses = ", ".join(f"nic{n['index']} {n['ip']}" for n in changed)
+        output = {
+            **staging_report(ctx, plan, applied, f"test copy {test_vm_name(ctx)} ({addresses})"),
+            "nics": nics,
+        }
+        fail_on_critical(plan.findings)
+        return output
 
     def undo(self, ctx: StepContext) -> None:
-        with contextlib.suppress(StepFailed):
-            detach_all(ctx, ctx.node.id)
+        detach_all(ctx, ctx.node.id)
 
 
 class CreateTestCopy(CreateReplica):
