@@ -30,6 +30,8 @@ class Migration:
     def env(self) -> dict[str, str]:
         return {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
 
+    timeout = 600.0  # one `migrate` command
+
     def run(self, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [sys.executable, "-m", "orchestrator.cli", *args],
@@ -37,7 +39,7 @@ class Migration:
             env=self.env(),
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=self.timeout,
             check=False,
         )
         if check is not None:

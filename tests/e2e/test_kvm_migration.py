@@ -31,7 +31,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -102,6 +101,8 @@ STOPPED = re.compile(r"HVWRITER-STOPPED lines=(\d+) sha256=([0-9a-f]{64})")
 class KvmMigration(Migration):
     """`migrate` on a playbook of the test's own, with room for a mirror that takes minutes."""
 
+    timeout = COMMAND_TIMEOUT
+
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.playbook = root / PB
@@ -110,21 +111,10 @@ class KvmMigration(Migration):
 
     def timed(self, phase: str, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", *args],
-            cwd=self.root,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT,
-            check=False,
-        )
-        self.timings[phase] = round(time.monotonic() - started, 1)
-        if check is not None:
-            assert done.returncode == check, (
-                f"migrate {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}"
-            )
-        return done
+        try:
+            return self.run(*args, check=check)
+        finally:
+            self.timings[phase] = round(time.monotonic() - started, 1)
 
 
 # ---------------------------------------------------------------- fixtures
