@@ -132,7 +132,12 @@ _TRANSIENT_CODES = {
 def failure(exc: libvirt.libvirtError, what: str) -> ProviderError:
     """A ProviderError for ``what`` failing; a dropped connection or a timeout is worth a retry."""
     message = f"{what}: {reason(exc)}"
-    if exc.get_error_code() in _TRANSIENT_CODES or exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+    if exc.get_error_domain() == libvirt.VIR_FROM_RPC:  # the daemon went away under the call
+        return TransientProviderError(
+            f"{message}; the connection to libvirtd dropped: check that it is running there, then run "
+            "the command again (what was done is kept)"
+        )
+    if exc.get_error_code() in _TRANSIENT_CODES:
         return TransientProviderError(message)
     return ProviderError(message)
 

@@ -46,7 +46,7 @@ from tests.testbed import libvirt as testbed
 from tests.testbed import source_vm as source_vm_bed
 from tests.testbed.source_vm import SourceVm
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt]
 
 source_vm = source_vm_bed.source_vm  # the fixture, by the name the test asks for
 

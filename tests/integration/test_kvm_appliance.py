@@ -45,7 +45,7 @@ from providers.sim.image_source import ImageSource
 from tests.testbed import guest_image
 from tests.testbed import libvirt as testbed
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt]
 
 libvirt_uri = testbed.libvirt_uri  # the fixture, by the name the tests ask for
 

@@ -14,7 +14,7 @@ import pytest
 from providers.base import DiskRequest, NicRequest, ProviderError, VmRequest
 from tests.testbed import libvirt as testbed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
 
 libvirt_uri = testbed.libvirt_uri
 MiB = 1024**2

@@ -23,7 +23,7 @@ from providers.base import DiskRequest, NicRequest, NotFound, ProviderError, VmR
 from tests.services import sshd as sshd_service
 from tests.testbed import libvirt as testbed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.libvirt]
 
 libvirt_uri = testbed.libvirt_uri  # the fixture, by the name the tests ask for
 sshd_server = sshd_service.sshd_server

@@ -26,7 +26,7 @@ from tests.testbed import source_vm as source_vm_bed
 from tests.testbed.guest_image import GuestImage
 from tests.testbed.source_vm import SourceVm
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.libvirt]
 
 source_vm = source_vm_bed.source_vm  # the fixture, by the name the tests ask for
 

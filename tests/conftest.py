@@ -1,0 +1,16 @@
+"""Suite-wide test layout: which tests share a worker when the suite runs in parallel (pytest-xdist).
+
+Everything that drives libvirtd runs on one worker, one test after another: there is one libvirtd per
+machine, its TCG guests take a whole core each, and the fault tests restart it. Everything else (sim,
+sshd, BIND, vcsim, each started per worker on free ports) runs on the other worker meanwhile.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("libvirt") is not None:
+            item.add_marker(pytest.mark.xdist_group("libvirt"))
