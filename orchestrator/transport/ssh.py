@@ -41,6 +41,11 @@ MAX_PACKET_SIZE = 256 * 1024 - 4096
 FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 CONNECT_TIMEOUT = 15.0
 KEEPALIVE_SECONDS = 30
+# A link that drops silently (no reset: a pulled cable, a firewall that starts dropping) would otherwise
+# stall a pass until TCP gives up on its own, about 15 minutes later. The keepalive above always leaves
+# something unacknowledged on a dead link, so the kernel aborts the connection once data stays
+# unacknowledged this long; the step then fails with a clear error and is retried, resuming from its map.
+DEAD_LINK_SECONDS = 90.0
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -209,6 +214,8 @@ class SshTransport:
         sudo: bool = False,
         python: str = "python3",
         connect_timeout: float = CONNECT_TIMEOUT,
+        dead_link_timeout: float = DEAD_LINK_SECONDS,
+        keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.host = host
         self.port = port
@@ -224,6 +231,8 @@ class SshTransport:
         self.sudo = sudo
         self.python = python
         self.connect_timeout = connect_timeout
+        self.dead_link_timeout = dead_link_timeout
+        self.keepalive = keepalive
         self.name = host if port == 22 else f"{host}:{port}"
         self.server_fingerprint: str | None = None
         self._transport: paramiko.Transport | None = None
@@ -261,6 +270,7 @@ class SshTransport:
             raise TransportError(
                 f"cannot connect to SSH on {where}: {exc.strerror or exc}; check the host, port and firewall"
             ) from None
+        _abort_when_dead(sock, self.dead_link_timeout)
         transport = paramiko.Transport(
             sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
         )
@@ -281,7 +291,7 @@ class SshTransport:
         except BaseException:
             transport.close()
             raise
-        transport.set_keepalive(KEEPALIVE_SECONDS)
+        transport.set_keepalive(max(1, round(self.keepalive)))
         return transport
 
     def _known_name(self) -> str:
@@ -400,6 +410,13 @@ class SshTransport:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
+
+
+def _abort_when_dead(sock: socket.socket, seconds: float) -> None:
+    """Let the kernel drop the connection once sent data stays unacknowledged ``seconds`` (Linux)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
 
 
 def _prefer_fast_ciphers(options: paramiko.transport.SecurityOptions) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.agent_session import AgentSession, discover
 from orchestrator.mirror.errors import MirrorError
+from orchestrator.mirror.protocol import StreamClosed
 from orchestrator.mirror.remote import mirror_remote
 from orchestrator.transport import HostKeyError, TransportError
 from orchestrator.transport.local import LocalTransport
@@ -168,3 +170,34 @@ def test_discovery_over_ssh_matches_discovery_here(sshd_server: SshServer) -> No
     assert there["hostname"] == here["hostname"]
     assert [d["name"] for d in there["disks"]] == [d["name"] for d in here["disks"]]
     assert there["nics"] == here["nics"]
+
+
+def test_a_link_that_drops_silently_ends_the_stream_instead_of_stalling_it(sshd_server: SshServer) -> None:
+    """iptables DROP on the session's port: no reset arrives, so only the dead-link timeout can end it."""
+    if shutil.which("iptables") is None:
+        pytest.skip("iptables is not installed")
+    transport = ssh(sshd_server, dead_link_timeout=3.0, keepalive=1.0)
+    process = transport.start_python(
+        ["-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"]
+    )
+    rule = ["INPUT", "-p", "tcp", "-i", "lo", "--dport", str(sshd_server.port), "-j", "DROP"]
+    try:
+        assert bytes(process.read_exact(3)) == b"up\n"
+        subprocess.run(["iptables", "-I", *rule], check=True)
+        outcome: list[BaseException | None] = []
+
+        def read() -> None:
+            try:
+                process.read_exact(1)
+                outcome.append(None)
+            except BaseException as exc:  # what ended the read is the result
+                outcome.append(exc)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=120)  # a hang guard; with TCP's own timeout this would take ~15 minutes
+        assert outcome, "the read still hangs on a dead link"
+        assert isinstance(outcome[0], StreamClosed)
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=False)
+        transport.close()
