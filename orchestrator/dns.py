@@ -3,9 +3,9 @@
 Every change is journaled with the records it replaces before it is made, so undo restores exactly what
 was there (same values, same TTL) rather than deleting what it created. An A/AAAA record moves together
 with the PTR of its address in the provider's reverse zones, and the old address's PTR is dropped when it
-named this host. Two backends: a zone file rewritten in place (the embedded default, and any server that
-loads its zone from a file) and RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS, and Windows
-DNS where TSIG is accepted).
+named this host. Three backends: a zone file rewritten in place (the embedded default, and any server that
+loads its zone from a file), RFC 2136 dynamic updates signed with TSIG (BIND, Knot, PowerDNS, and Windows
+DNS where TSIG is accepted), and Windows DNS through its DnsServer cmdlets over WinRM (dns_windows.py).
 
 Before cutover, `check_access` proves the server takes the key for every RRset the move will touch, with an
 update that changes nothing; after the move, `wait_until_answered` asks the server itself until it answers
@@ -43,6 +43,7 @@ import dns.tsig
 import dns.update
 import dns.zone
 
+from orchestrator import audit
 from orchestrator.playbook.models import Rfc2136Dns, WindowsDns, ZonefileDns
 
 Record = tuple[str, int]  # (value as text, TTL); a CNAME target is absolute, with its final dot
@@ -105,16 +106,26 @@ class DnsUpdater(Protocol):
 
 
 def open_dns(config: Any, *, base_dir: Path | None = None, zone: str | None = None) -> DnsUpdater:
-    """The updater of the provider's zone, or (``zone``) of one of its reverse zones: same server and key."""
+    """The updater of the provider's zone, or (``zone``) of one of its reverse zones: same server and key.
+
+    Its changes (replace, delete, restore) go to the audit trail when a step runs them.
+    """
+    updater: DnsUpdater
     if isinstance(config, ZonefileDns):
-        return ZonefileUpdater(config, base_dir=base_dir, zone=zone)
-    if isinstance(config, Rfc2136Dns):
-        return Rfc2136Updater(config, zone=zone)
-    if isinstance(config, WindowsDns):
-        raise DnsUnavailable(
-            f"dns type windows (zone {config.zone} on {config.host} over WinRM) is added by "
-            "the Hyper-V provider issue; until then use type: rfc2136 with a TSIG key"
-        )
+        updater = ZonefileUpdater(config, base_dir=base_dir, zone=zone)
+    elif isinstance(config, Rfc2136Dns):
+        updater = Rfc2136Updater(config, zone=zone)
+    elif isinstance(config, WindowsDns):
+        from orchestrator.dns_windows import WindowsDnsUpdater
+
+        updater = WindowsDnsUpdater(config, zone=zone)
+    else:
+        updater = _unavailable(config)
+    endpoint = f"dns {updater.zone} on {updater.where}"
+    return audit.audited(updater, endpoint, audit.DNS_WRITES)  # type: ignore[no-any-return]
+
+
+def _unavailable(config: Any) -> DnsUpdater:
     raise DnsUnavailable(f"dns type {getattr(config, 'type', config)!r} is not supported")
 
 

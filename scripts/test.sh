@@ -23,6 +23,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing Debian packages (run as root to install): ${missing[*]}" >&2
   fi
 fi
-scripts/bootstrap.sh test,kvm,esx
+scripts/bootstrap.sh test,kvm,esx,hyperv
 .venv/bin/ruff check orchestrator providers tests bench
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

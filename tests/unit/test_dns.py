@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from orchestrator.dns import (
     Change,
     DnsError,
-    DnsUnavailable,
     DnsUpdater,
     Rfc2136Updater,
     TransientDnsError,
@@ -295,10 +294,12 @@ def test_reverse_zone_choice_and_ptr_settings() -> None:
     assert config.reverse_zones == ["1.10.in-addr.arpa"]
 
 
-def test_windows_dns_is_not_part_of_this_build() -> None:
-    config = WindowsDns(type="windows", host="dc01", user="u", password="p", zone="corp.test")
-    with pytest.raises(DnsUnavailable, match="added by the Hyper-V provider issue"):
-        open_dns(config)
+def test_windows_dns_opens_without_connecting_and_hides_its_password() -> None:
+    """The updater itself is tested over WinRM in tests/integration/test_windows_dns.py."""
+    config = WindowsDns(type="windows", host="dc01", user="u", password="p4ss", zone="corp.test")
+    updater = open_dns(config)
+    assert updater.zone == "corp.test" and updater.where == "Windows DNS server dc01"
+    assert "p4ss" not in repr(updater)
 
 
 # ---------------------------------------------------------------- RFC 2136 against BIND

@@ -647,7 +647,7 @@ def test_secret_inputs_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None
     assert clear not in shown
     assert long_value not in shown
     assert messages["providers.hv.pasword"] == "unknown field 'pasword'; did you mean 'password'?"
-    assert messages["providers.hv.auth"] == "expected 'ntlm', 'kerberos' or 'credssp'"
+    assert messages["providers.hv.auth"] == "expected 'ntlm', 'kerberos', 'credssp' or 'basic'"
     # The same text was a valid password elsewhere, so it is masked even where a typo echoes it.
     assert messages["providers.hv.transport"] == "expected 'https' or 'http', got '***'"
 

@@ -1,0 +1,242 @@
+"""A running Windows server as a migration source, reached over WinRM: discovery, VSS, shutdown.
+
+Discovery is PowerShell over WinRM (scripts.py), read into SourceFacts by facts.py. Each mirror pass can
+read from VSS shadow copies (``vss: true``, the default): `pass_snapshot` creates one shadow copy per
+volume of the source (Win32_ShadowCopy.Create), yields their ids and device objects for the journal, and
+removes them when the pass ends, whatever happened; `release_snapshot` removes those a crashed pass left,
+from the journaled state.
+
+Reading the disks is the agent's work on the source itself (orchestrator/agent.py is stdlib-only Python
+3): it would read ``\\\\.\\PhysicalDriveN`` for what lies outside volumes and each volume's shadow device
+(``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``) at its partition's offset, and it needs Python 3.8+
+on the source and a byte stream to the orchestrator, which WinRM's shell cannot carry at disk speed. Neither
+is built: `open_disk` and `disk_location` say so, and the copy fails before it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.playbook.models import WinrmSource as WinrmSourceConfig
+from orchestrator.transport.winrm import PowerShellError, WinRM, WinRMError, WinRMTarget
+from providers.base import (
+    AgentLocation,
+    DiskReader,
+    ProviderError,
+    SourceFacts,
+    TransientProviderError,
+)
+
+from . import scripts
+from .facts import bitlocker_states, facts_from_discovery, listed
+
+_GUID = re.compile(r"\{[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\}")
+# Win32_ShadowCopy.Create's return values that are worth a retry (VSS busy), and their meaning.
+VSS_RETURN = {
+    1: "access denied",
+    2: "invalid argument",
+    3: "the volume was not found",
+    4: "the volume is not supported by VSS",
+    5: "the shadow copy context is not supported",
+    6: "there is not enough storage for the shadow copy",
+    7: "the volume is in use by another shadow copy operation",
+    8: "the maximum number of shadow copies was reached",
+    9: "another shadow copy operation is already in progress",
+    10: "the shadow copy provider vetoed the operation",
+    11: "the shadow copy provider is not registered",
+    12: "the shadow copy provider failed",
+}
+VSS_BUSY = {7, 9}
+
+
+@dataclass
+class VssState:
+    """The shadow copies one pass holds: volume -> shadow id and device; journaled before reads start."""
+
+    name: str
+    shadows: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shadows": {k: dict(v) for k, v in self.shadows.items()}}
+
+
+def _shadow_filter(shadow_id: str) -> str:
+    """The WQL filter naming one shadow copy; refuses anything but a GUID, so WQL never carries other text."""
+    if not _GUID.fullmatch(shadow_id):
+        raise ProviderError(f"{shadow_id!r} is not a shadow copy id (a GUID in braces)")
+    return f"ID='{shadow_id}'"
+
+
+class WinrmSource:
+    """The `Source` of one running Windows server; its disks are named PhysicalDrive<N>."""
+
+    def __init__(self, name: str, config: WinrmSourceConfig, disks: list[str] | tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.config = config
+        self.host = config.host
+        self.disks = list(disks)
+        self.winrm = WinRM(
+            WinRMTarget(
+                host=config.host,
+                user=config.user,
+                password=config.password.reveal(),
+                transport=config.transport,
+                port=config.port,
+                auth=config.auth,
+                ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
+                insecure=config.insecure,
+            )
+        )
+        self._facts: SourceFacts | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"WinrmSource({self.name!r}, {self.config.user}@{self.winrm.target.url})"
+
+    def _run(self, body: str, data: Mapping[str, Any] | None, doing: str) -> Any:
+        try:
+            return self.winrm.run(body, data)
+        except PowerShellError as exc:
+            raise ProviderError(
+                f"server {self.name}: {doing} on {self.config.host} failed: {exc.message}"
+            ) from None
+        except WinRMError as exc:
+            error = TransientProviderError if exc.retryable else ProviderError
+            raise error(f"server {self.name}: {doing}: {exc}") from None
+
+    # ------------------------------------------------------------ discovery
+
+    def discover(self) -> SourceFacts:
+        found = self._run(scripts.DISCOVERY, None, "discovery")
+        try:
+            bitlocker = bitlocker_states(self.winrm.run(scripts.BITLOCKER))
+        except PowerShellError as exc:
+            if "CommandNotFoundException" not in exc.error_id:
+                raise ProviderError(
+                    f"server {self.name}: reading BitLocker state on {self.config.host} failed: {exc.message}"
+                ) from None
+            bitlocker = {}  # no BitLocker feature: nothing is encrypted by it
+        except WinRMError as exc:
+            raise (TransientProviderError if exc.retryable else ProviderError)(str(exc)) from None
+        facts = facts_from_discovery(found or {}, bitlocker)
+        self._facts = facts
+        return facts
+
+    # ------------------------------------------------------------ reading
+
+    def open_disk(self, name: str) -> DiskReader:
+        raise ProviderError(self._no_reader(name))
+
+    def disk_location(self, name: str) -> AgentLocation | None:
+        raise ProviderError(self._no_reader(name))
+
+    def _no_reader(self, name: str) -> str:
+        return (
+            f"server {self.name}: reading {name} of a Windows source needs the hvmigrate agent running on "
+            f"{self.config.host} (Python 3.8+) with a data stream to the orchestrator; that reader is not "
+            "built yet: migrate the server from an image of its disks (source: {type: image}), or as a VM "
+            "of a managed hypervisor (source: {type: vm})"
+        )
+
+    # ------------------------------------------------------------ VSS, one snapshot per pass
+
+    @contextlib.contextmanager
+    def pass_snapshot(self) -> Iterator[VssState | None]:
+        """Shadow copies of every lettered volume on the copied disks, removed when the block ends."""
+        if not self.config.vss:
+            yield None
+            return
+        state = VssState(name=f"hvmigrate-{self.name}")
+        try:
+            for volume in self._snapshot_volumes():
+                state.shadows[volume] = self._create_shadow(volume)
+            yield state
+        finally:
+            self.release_snapshot(state.to_json())
+
+    def release_snapshot(self, state: Mapping[str, Any] | None) -> None:
+        """Remove the shadow copies ``state`` names (gone already counts as removed).
+
+        With no state (a crash before it was journaled) nothing can be told apart: Win32_ShadowCopy has
+        no owner or name, so a shadow copy of another backup tool is never removed on a guess.
+        """
+        if not state:
+            return
+        failures = []
+        for volume, shadow in dict(state.get("shadows", {})).items():
+            try:
+                self._run(
+                    scripts.VSS_REMOVE, {"filter": _shadow_filter(shadow["id"])}, "removing a shadow copy"
+                )
+            except ProviderError as exc:
+                failures.append(f"{volume} {shadow['id']}: {exc}")
+        if failures:
+            raise ProviderError(
+                f"server {self.name}: {len(failures)} shadow copies could not be removed "
+                f"({'; '.join(failures)}); remove them with vssadmin delete shadows /shadow=ID, then run "
+                "undo again"
+            )
+
+    def change_ids(self) -> dict[str, str]:
+        """Windows keeps no changed-block tracking a reader can ask for: every pass hashes every chunk."""
+        return {}
+
+    def changed_ranges(self, name: str, since: str | None) -> list[tuple[int, int]] | None:
+        return None
+
+    def _snapshot_volumes(self) -> list[str]:
+        facts = self._facts or self.discover()
+        assert facts.windows is not None
+        wanted = set(self.disks) or {d.name for d in facts.disks}
+        return [
+            f"{v.letter}:\\"
+            for v in facts.windows.volumes
+            if v.letter and v.filesystem.upper() in ("NTFS", "REFS") and (v.disk is None or v.disk in wanted)
+        ]
+
+    def _create_shadow(self, volume: str) -> dict[str, str]:
+        made = self._run(scripts.VSS_CREATE, {"volume": volume}, f"creating a shadow copy of {volume}") or {}
+        code = int(made.get("ReturnValue", -1))
+        if code != 0:
+            reason = VSS_RETURN.get(code, f"return value {code}")
+            error = TransientProviderError if code in VSS_BUSY else ProviderError
+            raise error(
+                f"server {self.name}: VSS could not snapshot {volume} on {self.config.host}: {reason}"
+            )
+        shadow_id = str(made.get("ShadowID", ""))
+        filter_ = _shadow_filter(shadow_id)
+        found = listed(self._run(scripts.VSS_GET, {"filter": filter_}, "reading a shadow copy"))
+        device = str(found[0].get("DeviceObject", "")) if found else ""
+        return {"id": shadow_id, "device": device}
+
+    # ------------------------------------------------------------ quiesce and power
+
+    def quiesce(self) -> dict[str, Any] | None:
+        """VSS makes each pass consistent; stopping services before the final pass is not built yet."""
+        if self.config.services:
+            raise ProviderError(
+                f"server {self.name}: stopping services on a Windows source is not built yet; remove "
+                "source.services (VSS writers make each pass application-consistent)"
+            )
+        return None
+
+    def thaw(self, state: Mapping[str, Any] | None = None) -> None:
+        """Nothing is paused by `quiesce`."""
+
+    def shutdown(self, timeout: float, force: bool) -> None:
+        self._run(scripts.SHUTDOWN[force], None, "shutting down")
+
+    def start(self) -> None:
+        raise ProviderError(
+            f"server {self.name}: {self.config.host} is a machine reached over WinRM; this tool cannot power "
+            "it on: start it by hand (console, BMC, or its hypervisor)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self.winrm.close()
