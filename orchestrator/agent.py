@@ -12,7 +12,9 @@ After the handshake (protocol.py) the orchestrator sends REQUESTs:
 * ``discover``: disks (lsblk), used space (statvfs of what is mounted), NICs (``ip -j addr``), OS
   (/etc/os-release), hostname, firmware (UEFI iff /sys/firmware/efi exists);
 * ``read``: open a block device or file read-only, receive the target's block map, stream every chunk in
-  order as SAME, ZERO (markers only) or DATA (compressed when it pays), then END;
+  order as SAME, ZERO (markers only) or DATA (compressed when it pays), then END; an incremental read
+  given ``ranges`` (what changed-block tracking says changed since the last pass) reads only the chunks
+  they touch and those the target lacks, and confirms the rest as SAME from the map without reading;
 * ``write``: open the target (a raw file, a block device, or an NBD export by URI, its map then at the
   request's map_path) with its block map beside it, send the map, then apply what arrives through
   TargetWriter and acknowledge what is durable.
@@ -42,7 +44,7 @@ from orchestrator import __version__ as AGENT_VERSION
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.blockmap import ABSENT, DATA, ZERO
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
-from orchestrator.mirror.file_reader import FileDiskReader, ReadAhead
+from orchestrator.mirror.file_reader import FileDiskReader, ReadAhead, changed_chunks
 from orchestrator.mirror.hashing import DIGEST_SIZE, aligned_buffer, chunk_hasher, is_zero
 from orchestrator.mirror.writer import TargetWriter
 
@@ -307,10 +309,12 @@ class ReaderRole:
         compression: str = "zlib",
         level: int = 3,
         workers: int = 2,
+        ranges: list[list[int]] | None = None,
         **_ignored: Any,
     ) -> None:
         self.channel = channel
         self.path = path
+        self.ranges = ranges if mode == "incremental" else None  # a full or verify pass reads everything
         self.chunk_size = chunk_size
         self.mode = mode
         self.hasher = chunk_hasher(hash)
@@ -439,9 +443,14 @@ class ReaderRole:
             buffers.put(aligned_buffer(self.chunk_size))
         outbox = _Outbox(self.channel, self.compressor, self.workers, buffers)
         runs = _Runs(outbox.frame)
+        changed = None
+        if self.ranges is not None:
+            changed = changed_chunks(self.ranges, self.chunk_size, len(states))
 
-        def wanted(index: int) -> bool:  # not copied already by the pass this one resumes
+        def wanted(index: int) -> bool:
             code = states[index]
+            if changed is not None:  # unchanged since the last pass, and the target holds it: not read
+                return bool(changed[index]) or code & STATE_MASK == ABSENT
             return not (resuming and code & STATE_MASK != ABSENT and code & DONE_THIS_PASS)
 
         ahead = self._read_ahead(reader, buffers, wanted)
@@ -453,8 +462,13 @@ class ReaderRole:
                 state = states[index] & STATE_MASK
                 known = bytes(digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE])
                 if kind == ReadAhead.SKIP:
-                    stats["resumed_bytes_skipped"] += length
-                    whole.update(hasher.zero(length) if state == ZERO else known)
+                    digest = hasher.zero(length) if state == ZERO else known
+                    whole.update(digest)
+                    if changed is None:
+                        stats["resumed_bytes_skipped"] += length
+                    else:
+                        stats["unchanged_bytes_skipped"] += length
+                        runs.add(wire.SAME, index, digest)
                     continue
                 if kind == ReadAhead.HOLE:
                     whole.update(hasher.zero(length))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import networkx as nx
 from pydantic import BaseModel
@@ -383,6 +384,23 @@ _rule(
     "SSH accepts any host key",
     "remove insecure: true and set host_key or known_hosts",
 )
+_rule(
+    "notify.webhook_plain_http",
+    W,
+    "the notification webhook is posted over plain http:// to another machine: its URL (and the token "
+    "chat webhooks carry in it), its headers and every notice can be read and replayed on the way",
+    "use an https:// URL (ca_bundle for a private CA); plain http:// only to this machine "
+    "(localhost, 127.0.0.1, ::1)",
+)
+_rule(
+    "notify.smtp_no_tls",
+    W,
+    "mail to the SMTP relay is not protected by verified TLS: with starttls: false notices travel in "
+    "clear (and no login is possible: a password without STARTTLS is refused outright); with insecure: "
+    "true the AUTH password goes to whoever answers, unverified",
+    "set starttls: true (the default) on a relay that offers it, and drop insecure: true (ca_bundle for "
+    "a private CA); starttls: false only for a relay on this machine",
+)
 
 _rule(
     "cutover.auto_without_shutdown",
@@ -449,6 +467,76 @@ _rule(
 )
 
 _rule(
+    "esx.cbt.disabled",
+    W,
+    "changed-block tracking is off for a source VM's disk: every incremental pass reads and hashes it whole",
+    "enable CBT on VM {vm} (config.changeTrackingEnabled, or ctkEnabled = TRUE in its advanced settings), "
+    "then take and delete one snapshot so it takes effect; the migration works without it, only slower",
+    "vSphere: QueryChangedDiskAreas needs changeTrackingEnabled on the VM",
+    needs=FACTS,
+)
+_rule(
+    "esx.source.snapshot_present",
+    W,
+    "a source VM has snapshots: reads go through the delta chain and each pass's own snapshot adds to it",
+    "delete or consolidate the snapshots of {vm} (Snapshots > Delete All) before the first pass{leftover}",
+    needs=FACTS,
+)
+_rule(
+    "esx.source.independent_disk",
+    W,
+    "a source VM has an independent disk, which no snapshot covers: its final pass is read while written",
+    "set {disk} of {vm} to dependent (persistent) mode while the VM is off, or stop what writes to it "
+    "before the cutover (cutover.pre_script)",
+    "vSphere: independent disks are excluded from snapshots",
+    needs=FACTS,
+)
+_rule(
+    "esx.source.rdm_disk",
+    C,
+    "a source VM has a raw device mapping (RDM): no snapshot or CBT covers a physical-mode RDM, and only "
+    "the guest's agent can read one",
+    "leave {disk} out of target.disks and move the LUN by storage means, or turn it into a VMDK first "
+    "(Storage vMotion converts a virtual-mode RDM); {read}",
+    "vSphere: physical compatibility mode RDMs are excluded from snapshots",
+    needs=FACTS,
+)
+_rule(
+    "esx.guest_id_unsupported",
+    W,
+    "the source VM's guest OS id is not one vSphere knows, so the replica gets a generic one",
+    "set the source VM's guest OS (Edit Settings > VM Options) to its real OS; known ids look like "
+    "debian11_64Guest, windows2019srv_64Guest",
+    needs=FACTS,
+)
+
+_rule(
+    "windows.bitlocker_on",
+    C,
+    "a volume of the Windows source is BitLocker-protected: its copy is ciphertext whose key stays in the "
+    "source's TPM, so the replica stops at the BitLocker recovery screen",
+    "suspend protection on the source until the cutover is done (Suspend-BitLocker -MountPoint {volume} "
+    "-RebootCount 0; Resume-BitLocker on the replica afterwards), or decrypt it (Disable-BitLocker)",
+    "Microsoft: BitLocker asks for the recovery key when the TPM or boot configuration changes",
+    needs=FACTS,
+)
+_rule(
+    "windows.bitlocker_changing",
+    W,
+    "a volume of the Windows source is being encrypted or decrypted: every block rewritten meanwhile is "
+    "copied again",
+    "let the conversion finish (manage-bde -status {volume}) before the first mirror pass",
+    needs=FACTS,
+)
+_rule(
+    "windows.dynamic_disk",
+    W,
+    "the Windows source has dynamic disks (LDM): a volume spanned or striped across them needs every one",
+    "map every dynamic disk ({disks}) in target.disks, or convert them to basic disks before the migration",
+    needs=FACTS,
+)
+
+_rule(
     "inventory.not_inspected",
     N,
     "some providers were not inspected; rules needing them were skipped",
@@ -459,6 +547,21 @@ _rule(
     N,
     "some sources were not discovered; rules needing facts were skipped",
     "run validation where the sources can be reached to run these checks",
+)
+
+_rule(
+    "files.target_inside_source",
+    C,
+    "a data-only server's target folder lies inside its own rule set on the same host",
+    "choose a target_path outside {source}, or exclude {target} with a rule",
+    "Carbonite Migrate: a recursive or cyclic mapping means mirroring will never finish",
+)
+_rule(
+    "files.orphans_inside_target",
+    C,
+    "orphans are moved into a folder inside the copied set, where the next orphan pass would delete them",
+    "set orphans_path outside {target}",
+    "Carbonite Migrate: the move folder must not sit inside the replica",
 )
 
 del C, W, N
@@ -519,8 +622,10 @@ class Context:
     locate: Locate | None = None
 
     def servers(self) -> Iterator[tuple[FieldPath, Server]]:
+        """Servers migrated as VMs (a data-only server has no target VM for these checks to look at)."""
         for index, server in enumerate(self.playbook.servers):
-            yield ("servers", index), server
+            if server.target is not None:
+                yield ("servers", index), server
 
     def inventory(self, provider: str) -> Inventory | None:
         return (self.inventories or {}).get(provider)
@@ -1553,6 +1658,55 @@ def check_insecure_transport(context: Context) -> Iterator[Finding]:
             )
 
 
+def is_loopback(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: traffic that never leaves this machine."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@check
+def check_notification_transport(context: Context) -> Iterator[Finding]:
+    notifications = context.playbook.notifications
+    if notifications is None:
+        return
+    webhook = notifications.webhook
+    if webhook is not None:
+        parts = urlsplit(webhook.url.reveal())
+        if parts.scheme.lower() == "http" and not is_loopback(parts.hostname):
+            headers = f" and {len(webhook.headers)} header value(s)" if webhook.headers else ""
+            yield context.finding(
+                "notify.webhook_plain_http",
+                f"notifications.webhook posts to {parts.hostname} over plain http: the URL{headers} "
+                "travel readable",
+                path=("notifications", "webhook", "url"),
+            )
+    email = notifications.email
+    if email is None:
+        return
+    if not email.starttls and not is_loopback(email.server):
+        yield context.finding(
+            "notify.smtp_no_tls",
+            f"notifications.email sends to {email.server}:{email.port} without STARTTLS: every notice "
+            "travels in clear",
+            path=("notifications", "email", "starttls"),
+        )
+    elif email.password is not None and email.insecure:
+        yield context.finding(
+            "notify.smtp_no_tls",
+            f"notifications.email logs in to {email.server}:{email.port} as {email.user} without checking "
+            "the relay's certificate (insecure: true): the password goes to whoever answers",
+            path=("notifications", "email", "insecure"),
+        )
+
+
 # ---------------------------------------------------------------- cutover, appliance, bandwidth, memory
 
 
@@ -1837,13 +1991,168 @@ def check_esx_hosts(context: Context) -> Iterator[Finding]:
             )
 
 
+# ---------------------------------------------------------------- ESX VMs as sources
+
+
+def _esx_source_disks(server: Server, facts: SourceFacts) -> list[Any]:
+    """The source VM's disks the migration copies: the mapped ones, or all when target.disks is empty."""
+    assert facts.vm is not None
+    mapped = {d.source for d in server.target.disks}
+    return [d for d in facts.vm.disks if not mapped or d.disk in mapped]
+
+
+def _esx_sources(context: Context) -> Iterator[tuple[FieldPath, Server, SourceFacts]]:
+    for path, server in context.servers():
+        source = server.source
+        facts = context.source_facts(server)
+        if not isinstance(source, VmSource) or facts is None or facts.vm is None:
+            continue
+        if context.provider_type(source.provider) == "esx":
+            yield path, server, facts
+
+
+@check
+def check_esx_source_vm(context: Context) -> Iterator[Finding]:
+    for path, server, facts in _esx_sources(context):
+        vm = facts.vm
+        assert vm is not None and isinstance(server.source, VmSource)
+        where = (*path, "source", "vm")
+        sizes = {d.name: d.size for d in facts.disks}
+        copied = _esx_source_disks(server, facts)
+        for disk in copied:
+            size = format_size(sizes.get(disk.disk, 0))
+            if disk.backing.startswith("rdm"):
+                mode = "physical" if disk.backing == "rdm_physical" else "virtual"
+                yield context.finding(
+                    "esx.source.rdm_disk",
+                    f"{server.name}: disk {disk.disk} ({size}) of source VM {vm.vm} is a {mode}-mode RDM "
+                    f"({disk.file or 'no mapping file'}); a snapshot does not freeze it"
+                    + (" and CBT does not track it" if mode == "physical" else ""),
+                    path=where,
+                    server=server.name,
+                    disk=disk.disk,
+                    read="read: local_datastore cannot read an RDM at all"
+                    if server.source.read == "local_datastore"
+                    else "read: guest copies it live, as the guest sees the LUN",
+                )
+            elif disk.mode.startswith("independent"):
+                yield context.finding(
+                    "esx.source.independent_disk",
+                    f"{server.name}: disk {disk.disk} ({size}) of source VM {vm.vm} is {disk.mode}; "
+                    "snapshots skip it, so its final pass copies whatever is written meanwhile",
+                    path=where,
+                    server=server.name,
+                    disk=disk.disk,
+                    vm=vm.vm,
+                )
+            if not disk.change_tracking and disk.backing != "rdm_physical":
+                reason = "on the VM" if not vm.change_tracking else "for this disk"
+                yield context.finding(
+                    "esx.cbt.disabled",
+                    f"{server.name}: changed-block tracking is off {reason} for disk {disk.disk} of "
+                    f"source VM {vm.vm}: every incremental pass reads and hashes all {size} of it",
+                    path=where,
+                    server=server.name,
+                    vm=vm.vm,
+                )
+        if vm.snapshots:
+            own = [s for s in vm.snapshots if s.startswith(f"hvmigrate-{server.name}-")]
+            leftover = (
+                f"; {_names(own)} {'is' if len(own) == 1 else 'are'} this tool's own, left by an interrupted "
+                "pass: `migrate undo` or the next pass removes it"
+                if own
+                else ""
+            )
+            yield context.finding(
+                "esx.source.snapshot_present",
+                f"{server.name}: source VM {vm.vm} has {len(vm.snapshots)} snapshot(s) "
+                f"({_names(vm.snapshots)}); its disks are read through the delta chain",
+                path=where,
+                server=server.name,
+                vm=vm.vm,
+                leftover=leftover,
+            )
+
+
+@check
+def check_esx_guest_id(context: Context) -> Iterator[Finding]:
+    sources = list(_esx_sources(context))
+    known = _esx_guest_ids() if sources else None  # pyVmomi's type tables take a second to load
+    if known is None:
+        return
+    for path, server, facts in sources:
+        vm = facts.vm
+        assert vm is not None
+        if vm.guest_id and vm.guest_id not in known:
+            yield context.finding(
+                "esx.guest_id_unsupported",
+                f"{server.name}: source VM {vm.vm} says its guest OS is {vm.guest_id!r}, which vSphere "
+                "does not know",
+                path=(*path, "source", "vm"),
+                server=server.name,
+            )
+
+
+@check
+def check_windows_source(context: Context) -> Iterator[Finding]:
+    """BitLocker and dynamic disks: what a block copy of a Windows server trips over on new hardware."""
+    for path, server in context.servers():
+        facts = context.source_facts(server)
+        if facts is None or facts.windows is None:
+            continue
+        where = (*path, "source")
+        copied = {d.source for d in server.target.disks} if server.target else set()
+        for volume in facts.windows.volumes:
+            if copied and volume.disk is not None and volume.disk not in copied:
+                continue
+            name = f"{volume.letter}:" if volume.letter else "a volume without a drive letter"
+            if volume.bitlocker == "on":
+                yield context.finding(
+                    "windows.bitlocker_on",
+                    f"{server.name}: BitLocker protects {name} on {volume.disk or 'the source'}: the replica "
+                    "cannot unlock it without the source's TPM",
+                    path=where,
+                    server=server.name,
+                    volume=name,
+                )
+            elif volume.bitlocker == "in_progress":
+                yield context.finding(
+                    "windows.bitlocker_changing",
+                    f"{server.name}: BitLocker is converting {name}",
+                    path=where,
+                    server=server.name,
+                    volume=name,
+                )
+        if facts.windows.dynamic_disks:
+            missing = [d for d in facts.windows.dynamic_disks if copied and d not in copied]
+            yield context.finding(
+                "windows.dynamic_disk",
+                f"{server.name}: {_names(facts.windows.dynamic_disks)} "
+                f"{'is a dynamic disk' if len(facts.windows.dynamic_disks) == 1 else 'are dynamic disks'}"
+                + (f"; {_names(missing)} not in target.disks" if missing else ""),
+                path=where,
+                server=server.name,
+                disks=_names(facts.windows.dynamic_disks),
+            )
+
+
+def _esx_guest_ids() -> frozenset[str] | None:
+    """vSphere's guest OS ids (pyVmomi's enum); None without pyVmomi (the check is then skipped)."""
+    try:
+        from pyVmomi import vim
+    except ImportError:
+        return None
+    return frozenset(vim.vm.GuestOsDescriptor.GuestOsIdentifier.values)
+
+
 # ---------------------------------------------------------------- what was not checked
 
 
 def _referenced_providers(playbook: Playbook) -> list[str]:
     names: list[str] = []
     for server in playbook.servers:
-        names.append(server.target.provider)
+        if server.target is not None:
+            names.append(server.target.provider)
         if isinstance(server.source, VmSource):
             names.append(server.source.provider)
     return [n for n in dict.fromkeys(names) if n in playbook.providers]
@@ -1868,3 +2177,60 @@ def check_skipped_rules(context: Context) -> Iterator[Finding]:
             f"source{'s' if len(undiscovered) > 1 else ''} of {_names(undiscovered)} "
             f"{'were' if len(undiscovered) > 1 else 'was'} not discovered; skipped: {skipped}",
         )
+
+
+# ---------------------------------------------------------------- data-only (files and folders) servers
+
+_LOCAL_NAMES = {"local", "localhost", "127.0.0.1", "::1"}
+
+
+def _same_host(server: Server) -> bool:
+    assert server.data is not None and isinstance(server.source, SshSource)
+    target = server.data.target_host
+    target_name = "local" if target == "local" else target.host
+    source_name = server.source.host
+    if target_name in _LOCAL_NAMES and source_name in _LOCAL_NAMES:
+        return True
+    return target_name == source_name
+
+
+@check
+def check_files_sets(context: Context) -> Iterator[Finding]:
+    from orchestrator.files.mirror import pairs_for
+    from orchestrator.files.rules import RuleSet
+
+    for index, server in enumerate(context.playbook.servers):
+        data = server.data
+        if data is None:
+            continue
+        path: FieldPath = ("servers", index, "data")
+        rules = RuleSet.from_config(data.rules)
+        try:
+            pairs = pairs_for(rules, data.mapping, server.name, data.target_path, data.paths)
+        except ValueError:
+            continue
+        if _same_host(server):
+            for pair in pairs:
+                if rules.overlaps(pair.target):
+                    yield context.finding(
+                        "files.target_inside_source",
+                        f"{server.name}: {pair.target.decode(errors='replace')} is inside the set it copies "
+                        f"({pair.source.decode(errors='replace')}) on the same host",
+                        path=(*path, "mapping"),
+                        server=server.name,
+                        source=pair.source.decode(errors="replace"),
+                        target=pair.target.decode(errors="replace"),
+                    )
+                    break
+        if data.orphans == "move" and data.orphans_path:
+            for pair in pairs:
+                target = pair.target.decode(errors="replace")
+                if data.orphans_path == target or data.orphans_path.startswith(target.rstrip("/") + "/"):
+                    yield context.finding(
+                        "files.orphans_inside_target",
+                        f"{server.name}: orphans_path {data.orphans_path} is inside the copy at {target}",
+                        path=(*path, "orphans_path"),
+                        server=server.name,
+                        target=target,
+                    )
+                    break

@@ -9,6 +9,7 @@ resource and must be rebuilt from there after a crash.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -90,6 +91,93 @@ class SourceNic:
 
 
 @dataclass(frozen=True)
+class SourceVmDisk:
+    """How a hypervisor backs one disk of a source VM: what decides whether a snapshot or changed-block
+    tracking covers it."""
+
+    disk: str  # the SourceDisk's name
+    file: str | None  # "[datastore] vm/vm.vmdk"; None where the disk has no file
+    backing: str  # flat | sparse | rdm_physical | rdm_virtual | other
+    provisioning: str  # thin | thick | eager_zeroed | none (an RDM)
+    mode: str  # persistent | independent_persistent | independent_nonpersistent | nonpersistent | ...
+    change_tracking: bool = False  # changed-block tracking records this disk's writes
+
+
+@dataclass(frozen=True)
+class SourceVm:
+    """A source that is a VM on a managed hypervisor: what validation checks beyond the guest's own facts."""
+
+    provider: str
+    vm: str
+    guest_id: str  # the hypervisor's guest OS id (ESX: debian11_64Guest)
+    power_state: str
+    tools: str  # guest tools state as the hypervisor reports it ("guestToolsRunning", ...)
+    change_tracking: bool
+    snapshots: tuple[str, ...] = ()  # names of snapshots the VM has now
+    disks: tuple[SourceVmDisk, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceVm:
+        return cls(
+            **{
+                **data,
+                "snapshots": tuple(data.get("snapshots", ())),
+                "disks": tuple(SourceVmDisk(**d) for d in data.get("disks", ())),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class WindowsVolume:
+    """A volume of a Windows source: what its BitLocker state and VSS snapshot are judged by."""
+
+    letter: str | None  # "C", or None for a volume without a drive letter
+    filesystem: str
+    size: int
+    used: int
+    disk: str | None  # the SourceDisk holding it (PhysicalDrive0); None when Windows did not say
+    bitlocker: str = "off"  # off | on (protected) | suspended (encrypted, key in the clear) | in_progress
+
+
+@dataclass(frozen=True)
+class WindowsNicConfig:
+    """How a Windows source's NIC is set up beyond its addresses: what staging carries to the replica."""
+
+    mac: str
+    dhcp: bool
+    gateways: tuple[str, ...] = ()
+    dns_servers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WindowsFacts:
+    """What a Windows source says about itself beyond the common facts (set by the WinRM source)."""
+
+    edition: str  # Win32_OperatingSystem.Caption: "Microsoft Windows Server 2019 Standard"
+    version: str  # "10.0.17763"
+    domain: str | None  # the AD domain, None in a workgroup
+    volumes: tuple[WindowsVolume, ...] = ()
+    dynamic_disks: tuple[str, ...] = ()  # SourceDisk names holding LDM (dynamic disk) partitions
+    nics: tuple[WindowsNicConfig, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WindowsFacts:
+        return cls(
+            edition=data["edition"],
+            version=data["version"],
+            domain=data.get("domain"),
+            volumes=tuple(WindowsVolume(**v) for v in data.get("volumes", ())),
+            dynamic_disks=tuple(data.get("dynamic_disks", ())),
+            nics=tuple(
+                WindowsNicConfig(
+                    **{**n, "gateways": tuple(n["gateways"]), "dns_servers": tuple(n["dns_servers"])}
+                )
+                for n in data.get("nics", ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class SourceFacts:
     hostname: str
     os: str  # "linux", "windows", "unknown"
@@ -97,6 +185,8 @@ class SourceFacts:
     firmware: Firmware
     disks: tuple[SourceDisk, ...]
     nics: tuple[SourceNic, ...] = ()
+    vm: SourceVm | None = None  # set by sources that are VMs on a managed hypervisor
+    windows: WindowsFacts | None = None  # set by Windows sources reached over WinRM
 
     def disk(self, name: str) -> SourceDisk:
         for disk in self.disks:
@@ -119,6 +209,8 @@ class SourceFacts:
                 SourceDisk(**{**d, "filesystems": tuple(d.get("filesystems", ()))}) for d in data["disks"]
             ),
             nics=tuple(SourceNic(**{**n, "addresses": tuple(n.get("addresses", ()))}) for n in data["nics"]),
+            vm=SourceVm.from_json(data["vm"]) if data.get("vm") else None,
+            windows=WindowsFacts.from_json(data["windows"]) if data.get("windows") else None,
         )
 
 
@@ -331,6 +423,35 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotsPasses(Protocol):
+    """A Source that can freeze its disks for one pass (a hypervisor snapshot) and may say which ranges of
+    a disk changed since an earlier pass (changed-block tracking), so a pass reads only those.
+
+    Optional: the mirror steps ask ``isinstance(source, SnapshotsPasses)`` and hash every chunk of the
+    others. The steps journal the state ``pass_snapshot`` yields before the pass reads, so a crash never
+    leaves a snapshot behind: the next pass, or undo, hands it to ``release_snapshot``.
+    """
+
+    def pass_snapshot(self) -> AbstractContextManager[Any]:
+        """Hold a snapshot while the block runs, reads going to it, removed at the end whatever happens;
+        yields its state (``to_json()`` for the journal), or None when this source needs none now."""
+        ...
+
+    def release_snapshot(self, state: Mapping[str, Any] | None) -> None:
+        """Remove a snapshot the journal names (after a crash); None: any this server's pass left."""
+        ...
+
+    def change_ids(self) -> dict[str, str]:
+        """Disk -> change id of the snapshot held now: what the next pass passes as ``since``."""
+        ...
+
+    def changed_ranges(self, name: str, since: str | None) -> list[tuple[int, int]] | None:
+        """(offset, length) ranges of disk ``name`` written since change id ``since`` up to the snapshot
+        held now; None: the source cannot say, hash the whole disk."""
+        ...
 
 
 @dataclass(frozen=True)

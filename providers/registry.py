@@ -19,6 +19,7 @@ from typing import Any
 from orchestrator.playbook.models import ImageSource as ImageSourceConfig
 from orchestrator.playbook.models import Server
 from orchestrator.playbook.models import SshSource as SshSourceConfig
+from orchestrator.playbook.models import WinrmSource as WinrmSourceConfig
 from providers.base import Provider, ProviderError, Source
 
 ENTRY_POINT_GROUP = "hvmigrate.providers"
@@ -44,11 +45,8 @@ EXTRAS: dict[str, tuple[Extra, ...]] = {
     "hyperv": (Extra("winrm", "pywinrm", "hyperv"),),
 }
 
-# Where the sources that are not images come from; until then, saying so beats an AttributeError.
-SOURCE_ISSUES: dict[str, str] = {
-    "winrm": "source type winrm (a running Windows server) is added by the Hyper-V provider issue; "
-    "for now give the server as an image (source: {type: image, path: ...})",
-}
+# Where the sources that are not built yet come from; until then, saying so beats an AttributeError.
+SOURCE_ISSUES: dict[str, str] = {}
 
 
 class ProviderUnavailable(ProviderError):
@@ -125,7 +123,13 @@ def open_source(server: Server, providers: Mapping[str, Provider], *, base_dir: 
 
         # a key or known_hosts file beside the playbook is found from wherever migrate runs
         resolved = _resolve_paths(config, base_dir, ("key", "known_hosts"))
-        return SshSource(server.name, resolved, [disk.source for disk in server.target.disks])
+        disks = [disk.source for disk in server.target.disks] if server.target is not None else []
+        return SshSource(server.name, resolved, disks)  # a data-only server has no disks to map
+    if isinstance(config, WinrmSourceConfig):
+        from providers.windows import WinrmSource
+
+        resolved = _resolve_paths(config, base_dir, ("ca_bundle",))
+        return WinrmSource(server.name, resolved, [disk.source for disk in server.target.disks])
     if config.type in SOURCE_ISSUES:
         raise SourceUnavailable(f"server {server.name}: {SOURCE_ISSUES[config.type]}")
     if config.type == "vm":
@@ -143,7 +147,7 @@ def open_source(server: Server, providers: Mapping[str, Provider], *, base_dir: 
                 f"provider is added by the {provider.type} provider's issue (its "
                 "open_vm_source); for now give the server as an image"
             )
-        return opener(server.name, config.vm)
+        return opener(server.name, config.vm, config)
     raise SourceUnavailable(f"server {server.name}: source type {config.type} is not supported")
 
 

@@ -10,7 +10,9 @@ changes the transport, not the decisions.
 Modes:
 * full: copy every non-zero chunk, except those the map says this same pass already wrote (a resumed copy
   skips them without reading) and those whose digest the map already holds;
-* incremental: read and hash every chunk, send only those whose digest differs from the map;
+* incremental: read and hash every chunk, send only those whose digest differs from the map; given
+  ``changed_ranges`` (changed-block tracking: what the source wrote since the last pass), read only the
+  chunks they touch and those the target lacks, and confirm the others from the map unread;
 * verify: copy nothing; hash both sides and report the differing ranges (and correct the map, so the next
   incremental pass repairs them).
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +31,7 @@ from providers.base import DiskReader
 
 from .blockmap import ABSENT, DATA, ZERO, MapSnapshot
 from .errors import MirrorCancelled, MirrorError
-from .file_reader import ReadAhead
+from .file_reader import ReadAhead, changed_chunks
 from .hashing import DiskDigest, aligned_buffer, chunk_digest, is_zero, zero_digest
 from .local_channel import ThreadedWriter
 from .throttle import Throttle
@@ -81,6 +83,7 @@ def mirror_disk(
     map_path: Path | None = None,
     flush_bytes: int = DEFAULT_FLUSH_BYTES,
     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+    changed_ranges: Sequence[tuple[int, int]] | None = None,
 ) -> PassStats:
     """Run one pass from ``reader`` to the raw file or device at ``target_path``.
 
@@ -113,6 +116,8 @@ def mirror_disk(
     try:
         stats = PassStats(bytes_total=size, mode=mode, pass_number=writer.summary.pass_number)
         side = _ReaderSide(reader, writer.summary, stats, throttle)
+        if changed_ranges is not None and mode == "incremental":
+            side.changed = changed_chunks(changed_ranges, chunk_size, writer.summary.chunk_count)
         if mode == "verify":
             side.verify_against(writer, progress, cancelled)
             writer.checkpoint()
@@ -152,6 +157,7 @@ class _ReaderSide:
         self.throttle = throttle
         self.chunk_size = snapshot.chunk_size
         self.size = reader.size
+        self.changed: bytearray | None = None  # chunks changed-block tracking names; None: hash them all
 
     def planned(
         self,
@@ -194,8 +200,12 @@ class _ReaderSide:
     ) -> None:
         snap, stats = self.snapshot, self.stats
         resuming = snap.resuming and mode == "full"
+        changed = self.changed
 
-        def wanted(index: int) -> bool:  # not copied already by the pass this one resumes
+        def wanted(index: int) -> bool:
+            if changed is not None:  # unchanged since the last pass, and the target holds it: not read
+                return bool(changed[index]) or snap.states[index] == ABSENT
+            # not copied already by the pass this one resumes
             return not (resuming and snap.states[index] != ABSENT and snap.passes[index] == snap.pass_number)
 
         ahead = self.read_ahead(channel.try_borrow, channel.give_back, wanted)
@@ -204,8 +214,13 @@ class _ReaderSide:
             for kind, index, offset, length, buffer, got, error in self.planned(ahead, progress, cancelled):
                 state = snap.states[index]
                 if kind == ReadAhead.SKIP:
-                    stats.resumed_bytes_skipped += length
-                    whole.update(zero_digest(length) if state == ZERO else snap.digest(index))
+                    digest = zero_digest(length) if state == ZERO else snap.digest(index)
+                    whole.update(digest)
+                    if changed is None:
+                        stats.resumed_bytes_skipped += length
+                    else:
+                        stats.unchanged_bytes_skipped += length
+                        channel.confirm(offset, digest)
                     continue
                 if kind == ReadAhead.HOLE:
                     whole.update(zero_digest(length))

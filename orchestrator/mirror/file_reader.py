@@ -46,6 +46,20 @@ def _walk(fd: int, size: int, offset: int) -> Iterator[tuple[int, int]]:
             raise
 
 
+def changed_chunks(ranges: Iterable[tuple[int, int]], chunk_size: int, count: int) -> bytearray:
+    """1 for every chunk an (offset, length) range touches, else 0: the chunks an incremental pass must
+    read when the source can say what changed since the last pass (changed-block tracking). A range past
+    the end is clipped, so a disk that grew never indexes out of bounds."""
+    changed = bytearray(count)
+    for offset, length in ranges:
+        if length <= 0:
+            continue
+        first = max(0, offset // chunk_size)
+        last = min(count, -(-(offset + length) // chunk_size))
+        changed[first:last] = b"\x01" * max(0, last - first)
+    return changed
+
+
 def is_hole(fd: int, offset: int, length: int) -> bool:
     """True when [offset, offset+length) is known to be a hole (reads as zeros without touching the disk)."""
     try:

@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +73,7 @@ def mirror_remote(
     flush_seconds: float | None = None,
     compress_workers: int = 2,
     relay_hook: RelayHook | None = None,
+    changed_ranges: Sequence[tuple[int, int]] | None = None,
 ) -> RemotePassStats:
     """One pass from ``source_path`` read by an agent started through the ``source`` transport to
     ``target_path`` written by an agent started through ``target`` (see orchestrator/transport).
@@ -81,7 +82,9 @@ def mirror_remote(
     recording exactly what is durable, so the same call resumes. ``checkpoint(durable_bytes)`` is called
     from a relay thread whenever the writer acknowledges more; ``progress`` and ``cancelled`` from the
     calling thread, at every frame. ``relay_hook`` sees (and may replace) every frame going to the
-    writer: a test seam for damaging a stream on purpose.
+    writer: a test seam for damaging a stream on purpose. ``changed_ranges`` (an incremental pass only):
+    what changed-block tracking says changed since the last pass; the reader reads only those chunks
+    (an agent older than this option ignores it and hashes everything, which is slower, never wrong).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -100,6 +103,7 @@ def mirror_remote(
                     "compression": compression,
                     "level": compression_level,
                     "workers": compress_workers,
+                    **({} if changed_ranges is None else {"ranges": [[o, n] for o, n in changed_ranges]}),
                 },
                 write={
                     "path": target_path,

@@ -36,6 +36,8 @@ class DiskCopy:
     compression_level: int = 3
     map_path: str | None = None  # where the block map lives when not beside the target (NBD, devices)
     streams: int = 2  # chunks a reader agent hashes and compresses at once
+    # incremental: what changed-block tracking says changed since the last pass; None: hash every chunk
+    changed_ranges: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def for_endpoint(
@@ -91,6 +93,7 @@ def copy_disk(
                 source_identity=copy.source_identity,
                 verify=copy.verify,
                 map_path=Path(copy.map_path) if copy.map_path else None,
+                changed_ranges=copy.changed_ranges,
             )
         finally:
             reader.close()
@@ -115,6 +118,7 @@ def copy_disk(
         checkpoint=checkpoint,
         map_path=copy.map_path,
         compress_workers=copy.streams,
+        changed_ranges=copy.changed_ranges,
     )
 
 

@@ -140,6 +140,21 @@ class SyncOptions(Model):
     max_lag: Duration = Field(
         86400, description="cutover refuses when the last pass is older (unless forced)"
     )
+    adaptive: bool = Field(
+        False,
+        description="next pass after min(max(interval, last pass's duration / 2), max_interval): a slow "
+        "pass gets a pause of at least half its length, so passes never take more than two thirds of the "
+        "time, and max_interval bounds how stale the replica can get",
+    )
+    max_interval: Duration = Field(
+        43200, description="with adaptive: the longest wait between passes, whatever the last one took"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SyncOptions:
+        if self.adaptive and self.max_interval < self.interval:
+            raise ValueError("max_interval must be at least interval (the shortest wait)")
+        return self
 
 
 class Limits(Model):
@@ -281,7 +296,16 @@ class EsxProviderConfig(Model):
     ca_bundle: Path | None = None
     insecure: bool = Field(False, description="skip certificate checks; shown as a warning in every report")
     appliance: str | None = Field(None, description="name of an existing recovery appliance VM")
-    appliance_template: str | None = Field(None, description="template or OVA to provision appliances from")
+    appliance_template: str | None = Field(
+        None, description="template VM to clone appliances from (OVA deployment is not built yet)"
+    )
+    disk_writer: Literal["appliance", "datastore_path"] = Field(
+        "appliance",
+        description="how replica disks hot-added to the appliance are written: appliance (by a writer "
+        "inside the recovery appliance); datastore_path (test beds only: the datastore is a folder on this "
+        "machine, as vcsim's are, and the VMDK's -flat.vmdk is written in place, standing for the disk the "
+        "appliance sees; refused for any other datastore)",
+    )
     scsi_controller: Literal["pvscsi", "lsilogic-sas"] = Field(
         "lsilogic-sas",
         description="SCSI controller for disks whose controller is scsi or unset: "
@@ -309,10 +333,28 @@ class HypervProviderConfig(Model):
     user: str
     password: SecretStr
     transport: Literal["https", "http"] = "https"
-    auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
-    ca_bundle: Path | None = None
+    auth: Literal["ntlm", "kerberos", "credssp", "basic"] = Field(
+        "ntlm", description="basic sends the password in the clear unless transport is https"
+    )
+    ca_bundle: Path | None = Field(
+        None, description="CA certificate(s) that issued the host's WinRM certificate"
+    )
     insecure: bool = False
-    vm_path: str | None = Field(None, description="folder for replica VMs and VHDX files")
+    vm_path: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*$",
+        description="folder on the host for replica VMs and VHDX files (C:\\Hyper-V); default: "
+        "<volume>:\\hvmigrate on the disk's datastore (a volume such as D:)",
+    )
+    host_device_dir: Path | None = Field(
+        None,
+        description="where this machine sees the disks the host mounts (\\\\.\\PhysicalDriveN as "
+        "DIR/PhysicalDriveN) for appliance: host; only test beds have one (the WinRM stand-in's devices "
+        "folder): a writer on the Windows host itself is not built yet",
+    )
+    shutdown_timeout: Duration = Field(
+        120, description="how long a clean (guest) power-off may take before it fails (force stops at once)"
+    )
 
 
 ProviderConfig = Annotated[
@@ -384,13 +426,28 @@ class ZonefileDns(Model):
 
 
 class WindowsDns(Model):
+    """A Windows DNS server changed through its DnsServer PowerShell cmdlets over WinRM."""
+
     type: Literal["windows"]
     host: str
+    port: int | None = Field(None, ge=1, le=65535, description="default 5986 (https) or 5985 (http)")
     user: str
     password: SecretStr
     zone: str
     transport: Literal["https", "http"] = "https"
+    auth: Literal["ntlm", "kerberos", "credssp", "basic"] = Field(
+        "ntlm", description="basic sends the password in the clear unless transport is https"
+    )
+    ca_bundle: Path | None = Field(
+        None, description="CA certificate(s) that issued the DNS server's WinRM certificate"
+    )
     insecure: bool = False
+    reverse_zones: list[str] = Field(default_factory=list, description=REVERSE_ZONES_HELP)
+
+    @field_validator("reverse_zones")
+    @classmethod
+    def _reverse_zones(cls, value: list[str]) -> list[str]:
+        return [_reverse_zone(zone) for zone in value]
 
 
 DnsConfig = Annotated[Rfc2136Dns | ZonefileDns | WindowsDns, Field(discriminator="type")]
@@ -412,21 +469,10 @@ class ImageSource(Model):
     extra_disks: list[Path] = Field(default_factory=list, description="more images of the same server")
 
 
-class SshSource(Model):
-    type: Literal["ssh"]
-    host: str
-    port: int = Field(22, ge=1, le=65535)
-    user: str = "root"
-    key: Path | None = None
-    password: SecretStr | None = None
-    known_hosts: Path | None = None
-    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
-    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
-    sudo: bool = Field(
-        False,
-        description="when user is not root: run the agent and every privileged command (fsfreeze, lvcreate, "
-        "systemctl, the quiesce commands, poweroff) under `sudo -n` (NOPASSWD sudo must allow them)",
-    )
+class LinuxQuiesce(Model):
+    """How a Linux system reached over SSH pauses its writes for the final pass: an SSH source, and the
+    guest of a vm source read through the guest (the same options, read by the same code)."""
+
     quiesce: Literal["none", "fsfreeze", "lvm_snapshot", "services"] = Field(
         "none",
         description="how writes pause for the final pass: fsfreeze (every filesystem on the source disks "
@@ -454,6 +500,23 @@ class SshSource(Model):
     )
 
 
+class SshSource(LinuxQuiesce):
+    type: Literal["ssh"]
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key: Path | None = None
+    password: SecretStr | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
+    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
+    sudo: bool = Field(
+        False,
+        description="when user is not root: run the agent and every privileged command (fsfreeze, lvcreate, "
+        "systemctl, the quiesce commands, poweroff) under `sudo -n` (NOPASSWD sudo must allow them)",
+    )
+
+
 class WinrmSource(Model):
     type: Literal["winrm"]
     host: str
@@ -462,20 +525,214 @@ class WinrmSource(Model):
     password: SecretStr
     transport: Literal["https", "http"] = "https"
     auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
+    ca_bundle: Path | None = Field(
+        None, description="CA certificate(s) that issued the source's WinRM certificate"
+    )
     insecure: bool = False
-    vss: bool = True
+    vss: bool = Field(
+        True, description="read each pass from a VSS shadow copy of the source's volumes (removed after it)"
+    )
     services: list[str] = Field(default_factory=list)
 
 
+class GuestLogin(LinuxQuiesce):
+    """How the agent reaches the guest of a vm source over SSH (read: guest), and how the guest pauses
+    its writes for the final pass (as an SSH source does: the quiesce options are the same)."""
+
+    host: str | None = Field(None, description="default: the guest's first address VMware Tools report")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key: Path | None = None
+    password: SecretStr | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
+    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
+    sudo: bool = False
+    devices: dict[str, str] = Field(
+        default_factory=dict,
+        description="the guest's device of each VM disk slot (scsi0:1: /dev/sdb); default: the guest's "
+        "disks in slot order, each checked against the VMDK's size",
+    )
+
+
 class VmSource(Model):
-    """A VM on one of the playbook's providers (ESX to KVM, Hyper-V to ESX, ...)."""
+    """A VM on one of the playbook's providers (ESX to KVM, Hyper-V to ESX, ...).
+
+    Its disks are named by their slot on the VM (``scsi0:0``, ``sata0:1``, ``nvme0:0``, ``ide0:0``).
+    """
 
     type: Literal["vm"]
     provider: str
     vm: str
+    read: Literal["guest", "local_datastore"] = Field(
+        "guest",
+        description="guest: the agent reads each disk inside the running guest over SSH (guest:); "
+        "local_datastore: the base VMDK's flat file is read on this machine from a datastore mounted here "
+        "(vcsim's folders in the test bed, an NFS datastore mounted on the orchestrator), frozen by a "
+        "vCenter snapshot for the final pass",
+    )
+    guest: GuestLogin | None = Field(None, description="SSH login to the guest, for read: guest")
+    snapshot_quiesce: bool = Field(
+        True, description="quiesce the guest's filesystems through VMware Tools when the snapshot is taken"
+    )
 
 
 SourceConfig = Annotated[ImageSource | SshSource | WinrmSource | VmSource, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------- data only (files and folders)
+
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+class FileRule(Model):
+    """One include or exclude rule of a files-and-folders set (the reference product's replication rules).
+
+    For each path the *closest* rule in the tree decides: the rule whose folder is deepest among those that
+    apply to it. A plain rule applies to its path and, when ``recursive``, to everything below it; without
+    ``recursive`` only to the path and the entries directly in it. A wildcard rule (``*``, ``?``, ``[...]``
+    in its last part, e.g. ``/srv/www/*.log``) applies to entries whose *name* matches, directly in its
+    folder or (``recursive``) anywhere below it; at the same depth it beats a plain rule, and an exclude
+    beats an include. Anything no rule covers is left out. Example: include ``/srv/www`` and exclude
+    ``/srv/www/*.log`` leaves ``/srv/www/a.log`` out, but an include of ``/srv/www/app`` is closer to
+    ``/srv/www/app/b.log`` than the wildcard is, so that one is copied: repeat the wildcard exclude for each
+    included folder (``/srv/www/app/*.log``), as the reference product asks.
+    """
+
+    path: str = Field(description="absolute source path, e.g. /srv/www or /srv/www/*.log")
+    include: bool = Field(True, description="true: include; false: exclude (or write exclude: true)")
+    exclude: bool = Field(False, description="shorthand for include: false")
+    recursive: bool = Field(True, description="also applies to subfolders (at any depth)")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"a rule path is absolute on the source, like /srv/www; got {value!r}")
+        parts = [p for p in value.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError(f"a rule path may not hold . or .. ({value!r})")
+        if any(_WILDCARD.search(p) for p in parts[:-1]):
+            raise ValueError(
+                f"wildcards go in the last part of a rule path only, like /srv/*.log; got {value!r}"
+            )
+        return "/" + "/".join(parts)
+
+    @model_validator(mode="after")
+    def _one_verb(self) -> FileRule:
+        if self.exclude:
+            self.include = False
+        return self
+
+    @property
+    def is_include(self) -> bool:
+        return self.include and not self.exclude
+
+
+class PathMap(Model):
+    """One source folder and where it lands on the target (path mapping: custom)."""
+
+    source: str = Field(description="absolute source folder, e.g. /srv/www")
+    target: str = Field(description="absolute target folder, e.g. /data/www")
+
+    @field_validator("source", "target")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"expected an absolute path like /srv/www, got {value!r}")
+        return "/" + "/".join(p for p in value.split("/") if p)
+
+
+class DataTarget(Model):
+    """The server that receives the data: it already runs its own OS, so nothing is provisioned on it."""
+
+    type: Literal["ssh"]
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key: Path | None = None
+    password: SecretStr | None = None
+    known_hosts: Path | None = None
+    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
+    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
+    sudo: bool = Field(False, description="run the files agent under `sudo -n` when user is not root")
+
+
+class DataMigration(Model):
+    """A files-and-folders migration: the server's data (not its system state) copied into a running target.
+
+    Example::
+
+        data:
+          target_host: {type: ssh, host: files02.corp.test, key: ~/.ssh/id_ed25519}
+          mapping: all_to_one
+          target_path: /srv/migrated
+          rules:
+            - {path: /srv/share}
+            - {path: /srv/share/*.tmp, exclude: true}
+          orphans: move
+          orphans_path: /srv/orphans
+          compare: attributes_then_delta
+    """
+
+    target_host: Literal["local"] | DataTarget = Field(
+        "local", description="local: this machine; or {type: ssh, host, ...} like an SSH source"
+    )
+    mapping: Literal["one_to_one", "all_to_one", "custom"] = Field(
+        "one_to_one",
+        description="one_to_one: the same paths on the target; all_to_one: every path under "
+        "target_path/<server name>/ (/srv/www -> /srv/migrated/web01/srv/www); custom: as paths lists",
+    )
+    target_path: str | None = Field(None, description="all_to_one: the folder everything goes under")
+    paths: list[PathMap] = Field(
+        default_factory=list, description="custom: source folder -> target folder; the longest match wins"
+    )
+    rules: list[FileRule] = Field(min_length=1, description="include/exclude rules; the closest rule wins")
+    orphans: Literal["keep", "delete", "move"] = Field(
+        "delete",
+        description="target files inside the rules that the source no longer has: keep (only logged), delete "
+        "(the reference product's default) or move under orphans_path; never outside the rules, and never "
+        "what a wildcard exclude leaves out",
+    )
+    orphans_path: str | None = Field(None, description="orphans: move: target folder outside the copied set")
+    compare: Literal["none", "attributes", "attributes_then_delta", "full_data"] = Field(
+        "attributes_then_delta",
+        description="none: send every file whole; attributes: size/time differ -> whole file; "
+        "attributes_then_delta: size/time differ -> only the differing blocks; full_data: every file's "
+        "blocks compared, only differing blocks sent",
+    )
+    block_size: Size = Field(128 * 1024, description="unit of the delta and full_data comparison")
+    xattrs: bool = Field(
+        True, description="copy extended attributes, POSIX ACLs (system.posix_acl_*) included"
+    )
+    owners: bool = Field(True, description="keep owner and group (numeric ids)")
+    retries: int = Field(
+        3, ge=0, le=20, description="reads of a file that keeps changing before it is reported"
+    )
+
+    @field_validator("target_path", "orphans_path")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(f"expected an absolute path like /srv/migrated, got {value!r}")
+        return None if value is None else "/" + "/".join(p for p in value.split("/") if p)
+
+    @field_validator("block_size")
+    @classmethod
+    def _block(cls, value: int) -> int:
+        if value < 4096 or value > 64 * 1024**2 or value & (value - 1):
+            raise ValueError("block_size must be a power of two between 4KiB and 64MiB")
+        return value
+
+    @model_validator(mode="after")
+    def _mapping_needs(self) -> DataMigration:
+        if self.mapping == "all_to_one" and not self.target_path:
+            raise ValueError("mapping: all_to_one needs target_path (the folder everything goes under)")
+        if self.mapping == "custom" and not self.paths:
+            raise ValueError("mapping: custom needs paths: [{source: /srv/www, target: /data/www}]")
+        if self.orphans == "move" and not self.orphans_path:
+            raise ValueError("orphans: move needs orphans_path (a target folder outside the copied set)")
+        return self
 
 
 # ---------------------------------------------------------------- target
@@ -589,12 +846,21 @@ class Estimate(Model):
     disks: list[Size] = Field(default_factory=lambda: [100 * 1024**3], description="disk sizes")
     used_fraction: float = Field(0.5, ge=0, le=1, description="share of each disk holding data")
     change_rate: Rate | None = Field(None, description="bytes/s written while it runs; default: simulation's")
+    data_bytes: Size | None = Field(
+        None, description="data-only server: bytes of the files its rule set holds (default: disks x used)"
+    )
+    files: int | None = Field(
+        None, ge=0, description="data-only server: how many files and folders its rule set holds"
+    )
 
 
 class Server(Model):
     name: str = Field(pattern=NAME_RE)
     source: SourceConfig
-    target: TargetSpec
+    target: TargetSpec | None = Field(None, description="the replica VM; omitted for a data-only server")
+    data: DataMigration | None = Field(
+        None, description="files and folders into a running target server instead of a replica VM"
+    )
     depends_on: list[str] = Field(default_factory=list, description="servers that must cut over first")
     dns_records: list[DnsRecord] = Field(default_factory=list)
     mirror: MirrorOptions | None = Field(None, description="overrides defaults.mirror for this server")
@@ -603,9 +869,17 @@ class Server(Model):
     wave: int | None = Field(None, ge=0, description="cutover wave; lower waves cut over first")
     estimate: Estimate | None = Field(None, description="dry-run assumptions when the source cannot be read")
 
+    @model_validator(mode="after")
+    def _target_or_data(self) -> Server:
+        if (self.target is None) == (self.data is None):
+            raise ValueError("a server needs target (a replica VM) or data (files and folders), exactly one")
+        if self.data is not None and not isinstance(self.source, SshSource):
+            raise ValueError("a data-only server needs source: {type: ssh, ...}")
+        return self
+
     @property
     def vm_name(self) -> str:
-        return self.target.vm_name or self.name
+        return (self.target.vm_name if self.target else None) or self.name
 
 
 # ---------------------------------------------------------------- notifications

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, ClassVar
 
+from orchestrator import audit
 from orchestrator.convergence import assess, record_pass
 from orchestrator.mirror.copier import Mode, PassStats
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
@@ -26,6 +27,7 @@ from orchestrator.steps.base import Cancelled, Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, replica_disks
 from orchestrator.steps.cutover import quiesce_state, thawed_marker
 from orchestrator.steps.guest import boot_disk_index, reapply_staged_state, staged_edit_count
+from orchestrator.steps.pass_snapshot import FrozenPass, forget_change_ids, frozen_pass, release_left_behind
 from orchestrator.transport import TransportError
 from providers.base import AgentLocation, DiskEndpoint
 
@@ -58,14 +60,21 @@ def shared_throttle(ctx: StepContext) -> Throttle | None:
 class _MirrorPass(Step):
     mode: ClassVar[str] = "full"
     retryable = True
+    snapshot_each_pass: ClassVar[bool] = True  # sources that offer one freeze their disks for the pass
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
+        """One pass inside the source's pass snapshot, when it offers one (pass_snapshot.py)."""
+        with frozen_pass(ctx, ctx.source(), take=self.snapshot_each_pass) as frozen:
+            return self.copy_pass(ctx, frozen)
+
+    def copy_pass(self, ctx: StepContext, frozen: FrozenPass) -> dict[str, Any]:
         mode = self.pass_mode(ctx)
         source = ctx.source()
         provider = ctx.provider(ctx.server.target.provider)
         pairs = list(zip(replica_disks(ctx), endpoints(ctx), strict=True))
         copies = [
-            self.plan_copy(ctx, source, provider, name, endpoint, mode) for (name, _), endpoint in pairs
+            frozen.narrowed(self.plan_copy(ctx, source, provider, name, endpoint, mode), name)
+            for (name, _), endpoint in pairs
         ]
         throttle = shared_throttle(ctx)
         totals = {endpoint.path: 0 for _, endpoint in pairs}
@@ -92,19 +101,24 @@ class _MirrorPass(Step):
                         {"mode": self.mode, "durable_bytes": durable, "at": time.time()},
                     )
 
-            return copy_disk(
-                copy,
-                open_reader=lambda: source.open_disk(source_name),
-                throttle=throttle,
-                progress=progress,
-                cancelled=ctx.cancelled,
-                checkpoint=checkpoint,
-            )
+            where = f"target {ctx.server.target.provider} ({endpoint.kind} on {endpoint.host})"
+            what = f"{mode if mode == 'verify' else self.mode} pass {source_name} -> {endpoint.path}"
+            with audit.operation(where, what) as op:
+                stat = copy_disk(
+                    copy,
+                    open_reader=lambda: source.open_disk(source_name),
+                    throttle=throttle,
+                    progress=progress,
+                    cancelled=ctx.cancelled,
+                    checkpoint=checkpoint,
+                )
+                op.note(f"{stat.bytes_written} bytes written, {stat.bytes_read} read")
+            return stat
 
         started = time.time()
         try:
             with ThreadPoolExecutor(max_workers=min(MAX_DISKS_AT_ONCE, len(pairs)) or 1) as pool:
-                stats = list(pool.map(one, zip(pairs, copies, strict=True)))
+                stats = list(pool.map(audit.carry(one), zip(pairs, copies, strict=True)))
         except MirrorCancelled as exc:
             raise Cancelled(str(exc)) from None
         except (MirrorError, TransportError) as exc:
@@ -112,6 +126,7 @@ class _MirrorPass(Step):
         output = self.summarize(ctx, pairs, stats, started)
         if mode == "verify":
             return self.verified(ctx, output, pairs, stats)
+        frozen.passed()
         finished = time.time()
         entry = {
             "mode": self.mode,
@@ -164,6 +179,8 @@ class _MirrorPass(Step):
                     disk=disk.name,
                 )
         output["differing"] = differing
+        if any(item["range_count"] for item in differing):
+            forget_change_ids(ctx)  # changed-block tracking would not name these ranges: hash them all
         return output
 
     def plan_copy(
@@ -229,7 +246,9 @@ class _MirrorPass(Step):
         }
 
     def undo(self, ctx: StepContext) -> None:
-        """A pass creates nothing of its own: the disks belong to create_disks."""
+        """A pass creates nothing of its own (the disks belong to create_disks), except the source's pass
+        snapshot an interrupted pass left behind."""
+        release_left_behind(ctx)
 
 
 class Mirror(_MirrorPass):
@@ -256,6 +275,7 @@ class Sync(_MirrorPass):
 class FinalSync(_MirrorPass):
     kind = "final_sync"
     mode = "final"
+    snapshot_each_pass = False  # quiesce_source holds the snapshot the final pass reads
     description = "last incremental pass with the source quiesced; then thaw unless it shuts down"
 
     def run(self, ctx: StepContext) -> dict[str, Any]:

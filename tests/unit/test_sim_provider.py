@@ -614,9 +614,9 @@ def test_open_source_for_each_source_type(images: dict[str, Path], provider: Sim
     )
     assert isinstance(source, ImageSource) and [p.name for p in source.paths] == ["web01.raw", "app01.raw"]
     assert isinstance(open_source(server({"type": "ssh", "host": "10.0.0.6"}), {}), SshSource)  # no connect
-    with pytest.raises(SourceUnavailable, match="Hyper-V provider issue"):
-        open_source(server({"type": "winrm", "host": "h", "user": "u", "password": "p"}), {})
-    with pytest.raises(SourceUnavailable, match="from a sim provider is added by the sim provider's issue"):
+    winrm = open_source(server({"type": "winrm", "host": "h", "user": "u", "password": "p"}), {})
+    assert type(winrm).__name__ == "WinrmSource" and winrm.host == "h"  # no connect
+    with pytest.raises(ProviderError, match="source VM old does not exist on sim provider local"):
         open_source(server({"type": "vm", "provider": "local", "vm": "old"}), {"local": provider})
     with pytest.raises(ProviderError, match="source provider 'esx' is not in the playbook's providers"):
         open_source(server({"type": "vm", "provider": "esx", "vm": "old"}), {"local": provider})

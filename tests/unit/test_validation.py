@@ -20,7 +20,16 @@ from orchestrator.playbook.models import Playbook
 from orchestrator.report.findings import catalog_table, findings_summary, findings_table
 from orchestrator.report.model import FindingView
 from orchestrator.validation import RULES, Finding, Severity, has_critical, validate
-from providers.base import DatastoreInfo, Inventory, Limits, SourceDisk, SourceFacts, SourceNic
+from providers.base import (
+    DatastoreInfo,
+    Inventory,
+    Limits,
+    SourceDisk,
+    SourceFacts,
+    SourceNic,
+    WindowsFacts,
+    WindowsVolume,
+)
 
 GiB = 1024**3
 
@@ -522,6 +531,23 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     server(doc, 0)["source"]["insecure"] = True
 
 
+def notifications(doc: dict[str, Any], **channels: Any) -> None:
+    doc["notifications"] = channels
+
+
+MAIL = {"server": "smtp.corp.test", "sender": "hvmigrate@corp.test", "to": ["ops@corp.test"]}
+
+
+@case("notify.webhook_plain_http", ("notifications", "webhook", "url"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    notifications(doc, webhook={"url": "http://chat.corp.test/hooks/T0K3N-value"})
+
+
+@case("notify.smtp_no_tls", ("notifications", "email", "starttls"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    notifications(doc, email={**MAIL, "starttls": False})
+
+
 @case("cutover.auto_without_shutdown", ("defaults", "cutover", "shutdown_source"))
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     doc["defaults"] = {"cutover": {"mode": "auto", "shutdown_source": False}}
@@ -590,6 +616,43 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     inv["vcenter"] = dataclasses.replace(inv["vcenter"], unavailable_hosts={"esx1": "in maintenance mode"})
 
 
+def esx_vm_source(doc: dict[str, Any], facts: Facts, **vm: Any) -> None:
+    """app01 becomes a VM on vcenter whose discovery reports ``vm`` (ESX source rules)."""
+    from providers.base import SourceVm, SourceVmDisk
+
+    server(doc, 2)["source"] = {"type": "vm", "provider": "vcenter", "vm": "app01-vm"}
+    disk = SourceVmDisk("PhysicalDrive0", "[ds1] app01/app01.vmdk", "flat", "thin", "persistent", True)
+    disk = dataclasses.replace(disk, **vm.pop("disk", {}))
+    base = SourceVm("vcenter", "app01-vm", "windows2019srv_64Guest", "poweredOn", "guestToolsRunning", True)
+    facts_of(facts, "app01", vm=dataclasses.replace(base, disks=(disk,), **vm))
+
+
+@case("esx.cbt.disabled", ("servers", 2, "source", "vm"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    esx_vm_source(doc, facts, change_tracking=False, disk={"change_tracking": False})
+
+
+@case("esx.source.snapshot_present", ("servers", 2, "source", "vm"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    esx_vm_source(doc, facts, snapshots=("before-patch",))
+
+
+@case("esx.source.independent_disk", ("servers", 2, "source", "vm"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    esx_vm_source(doc, facts, disk={"mode": "independent_persistent"})
+
+
+@case("esx.source.rdm_disk", ("servers", 2, "source", "vm"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    esx_vm_source(doc, facts, disk={"backing": "rdm_virtual", "provisioning": "none"})
+
+
+@case("esx.guest_id_unsupported", ("servers", 2, "source", "vm"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    pytest.importorskip("pyVmomi")
+    esx_vm_source(doc, facts, guest_id="windows2099Guest")
+
+
 @case("inventory.not_inspected", None)
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     del inv["hv01"]
@@ -598,6 +661,71 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
 @case("facts.not_discovered", None)
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     del facts["app01"]
+
+
+def data_server(doc: dict[str, Any], **data: Any) -> None:
+    """A data-only server copying /srv/share on 127.0.0.1 to this machine (the same host)."""
+    rules = [{"path": "/srv/share"}]
+    doc["servers"].append(
+        {"name": "files01", "source": {"type": "ssh", "host": "127.0.0.1"}, "data": {"rules": rules, **data}}
+    )
+
+
+def windows_facts(**changes: Any) -> WindowsFacts:
+    volume = WindowsVolume("C", "NTFS", 60 * GiB, 30 * GiB, "PhysicalDrive0")
+    return dataclasses.replace(
+        WindowsFacts("Windows Server 2019 Standard", "10.0.17763", None, (volume,)), **changes
+    )
+
+
+@case("windows.bitlocker_on", ("servers", 2, "source"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    volume = WindowsVolume("C", "NTFS", 60 * GiB, 30 * GiB, "PhysicalDrive0", bitlocker="on")
+    facts_of(facts, "app01", windows=windows_facts(volumes=(volume,)))
+
+
+@case("windows.bitlocker_changing", ("servers", 2, "source"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    volume = WindowsVolume("C", "NTFS", 60 * GiB, 30 * GiB, "PhysicalDrive0", bitlocker="in_progress")
+    facts_of(facts, "app01", windows=windows_facts(volumes=(volume,)))
+
+
+@case("windows.dynamic_disk", ("servers", 2, "source"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    facts_of(facts, "app01", windows=windows_facts(dynamic_disks=("PhysicalDrive0",)))
+
+
+def test_a_clean_windows_source_and_a_suspended_bitlocker_volume_give_no_finding() -> None:
+    facts = clean_facts()
+    suspended = WindowsVolume("C", "NTFS", 60 * GiB, 30 * GiB, "PhysicalDrive0", bitlocker="suspended")
+    facts_of(facts, "app01", windows=windows_facts(volumes=(suspended,)))
+    findings, _ = run(clean_playbook(), clean_inventories(), facts)
+    assert [f.rule_id for f in findings if f.rule_id.startswith("windows.")] == []
+
+
+@case("files.target_inside_source", ("servers", 3, "data", "mapping"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    data_server(doc, mapping="all_to_one", target_path="/srv/share/copy")
+
+
+@case("files.orphans_inside_target", ("servers", 3, "data", "orphans_path"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    data_server(
+        doc,
+        mapping="all_to_one",
+        target_path="/backup",
+        orphans="move",
+        orphans_path="/backup/files01/srv/share/old",
+    )
+
+
+def test_a_data_server_elsewhere_is_clean() -> None:
+    document = clean_playbook()
+    data_server(
+        document, mapping="all_to_one", target_path="/backup", orphans="move", orphans_path="/orphans"
+    )
+    findings, _ = run(document)
+    assert [f.rule_id for f in findings if f.rule_id.startswith("files.")] == []
 
 
 def test_every_rule_has_a_case() -> None:
@@ -1027,6 +1155,47 @@ def test_catalog_table_lists_every_rule_once() -> None:
 def test_catalog_entries_are_well_formed() -> None:
     for rule_id, rule in RULES.items():
         assert rule.id == rule_id
-        assert re.fullmatch(r"[a-z0-9]+\.[a-z0-9_]+", rule_id), rule_id
+        # family.rule, or family.topic.rule where the issue named it so (esx.cbt.disabled)
+        assert re.fullmatch(r"[a-z0-9]+(\.[a-z0-9_]+){1,2}", rule_id), rule_id
         assert rule.title and rule.fix
         assert set(rule.needs) <= {"inventory", "facts"}
+
+
+# ---------------------------------------------------------------- notification transport
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://chat.corp.test/hooks/x", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]/x"],
+)
+def test_webhook_over_https_or_to_this_machine_is_no_finding(url: str) -> None:
+    document = clean_playbook()
+    notifications(document, webhook={"url": url})
+    findings, _ = run(document)
+    assert not of(findings, "notify.webhook_plain_http")
+
+
+def test_plain_http_webhook_finding_names_the_host_never_the_token() -> None:
+    document = clean_playbook()
+    notifications(
+        document, webhook={"url": "http://chat.corp.test/hooks/T0K3N-value", "headers": {"X-K": "v1"}}
+    )
+    findings, _ = run(document)
+    (finding,) = of(findings, "notify.webhook_plain_http")
+    assert "chat.corp.test" in finding.message and "1 header value(s)" in finding.message
+    assert "T0K3N" not in finding.message + finding.fix
+
+
+def test_smtp_password_over_unverified_tls_is_found_and_a_local_relay_without_tls_is_not() -> None:
+    document = clean_playbook()
+    notifications(document, email={**MAIL, "user": "ops", "password": "pw-value-123", "insecure": True})
+    findings, locate = run(document)
+    (finding,) = of(findings, "notify.smtp_no_tls")
+    assert locate.path_of(finding.location) == ("notifications", "email", "insecure")
+    assert "pw-value-123" not in finding.message
+    local = clean_playbook()
+    notifications(local, email={**MAIL, "server": "127.0.0.1", "port": 25, "starttls": False})
+    assert not of(run(local)[0], "notify.smtp_no_tls")
+    verified = clean_playbook()
+    notifications(verified, email={**MAIL, "user": "ops", "password": "pw-value-123"})
+    assert not of(run(verified)[0], "notify.smtp_no_tls")
