@@ -144,6 +144,25 @@ def _print_findings(findings: list[Any]) -> None:
     console.print(f"validation: {findings_summary(findings)}")
 
 
+INSECURE_RULES = ("security.insecure_tls", "security.insecure_host_key")
+
+
+def _warn_insecure(session: Any) -> None:
+    """Turned-off certificate or host-key checks are said by every command, not only by validate: a lab
+    setting that reached production must not go unnoticed (the dry run and the reports list them too)."""
+    from orchestrator import validation
+
+    for finding in validation.validate(session.playbook, locate=session.loaded.location):
+        if finding.rule_id in INSECURE_RULES:
+            where = f" ({finding.location})" if finding.location else ""
+            err.print(
+                f"warning: {finding.rule_id}: {finding.message}{where}; {finding.fix}",
+                style="yellow",
+                markup=False,
+                highlight=False,
+            )
+
+
 @main.command()
 @playbook_argument
 @click.option(
@@ -162,6 +181,7 @@ def plan(playbook: Path, state_dir: Path | None, output: Path | None, fmt: str) 
     from orchestrator.report.plan_view import plan_tree, to_dot, to_mermaid
 
     session = _session(playbook, state_dir)
+    _warn_insecure(session)
     if output:
         output.write_text(json.dumps(session.plan.to_json(), indent=2) + "\n")
         err.print(f"plan written to {output}")
@@ -187,6 +207,13 @@ def plan(playbook: Path, state_dir: Path | None, output: Path | None, fmt: str) 
     type=click.Path(dir_okay=False, path_type=Path),
     help="also write a report (.html, .json or .md) of the run or simulation",
 )
+@click.option(
+    "--keep-syncing",
+    is_flag=True,
+    help="then stay at the cutover gate running incremental passes on the sync cadence (sync.interval, "
+    "sync.adaptive) until Ctrl-C (exit 130, state kept) or until every server is cut over by another "
+    "command",
+)
 @click.option("-v", "--verbose", is_flag=True, help="show every step start and event")
 def execute(
     playbook: Path,
@@ -194,6 +221,7 @@ def execute(
     dry_run: bool,
     replan: bool,
     report_path: Path | None,
+    keep_syncing: bool,
     verbose: bool,
 ) -> None:
     """Run every step up to the cutover gate (past it if cutover.mode is auto).
@@ -202,20 +230,162 @@ def execute(
     Finished steps are never redone: run it again after a failure, a crash or Ctrl-C and it resumes
     (a mirror resumes at the chunk where it stopped). Ctrl-C stops at a safe point with exit 130.
     With --dry-run nothing is touched: the whole migration is simulated in virtual time.
+    With --keep-syncing it stays up and keeps the replicas warm; `migrate cutover` from another shell
+    runs between its passes. Without it, let cron do the same: */5 * * * * migrate sync --due PLAYBOOK
     """
     session = _session(playbook, state_dir)
     if dry_run:
         _dry_run(session, report_path)
         return
+    keeper = _keeper_lock(session) if keep_syncing else None
     _run(
         session,
         phases=["replicate"],
         servers=None,
-        command="execute",
+        command="execute --keep-syncing" if keeper else "execute",
         replan=replan,
         verbose=verbose,
         report_path=report_path,
+        conclude=(lambda journal: _keep_syncing(session, journal, verbose=verbose)) if keeper else None,
     )
+
+
+def _plan_lock(session: Any, command: str, *, skip_if_busy: bool = False) -> Any:
+    """The plan's run lock, or a one-line refusal naming who holds it (for cron: a skip, exit 0).
+
+    Released when the command ends however it ends (an exit inside, or a caller running several
+    commands in one process), and by the kernel if the process dies.
+    """
+    from orchestrator.run_lock import PlanBusy, PlanLock, describe
+
+    try:
+        return _released_at_end(PlanLock(session.state_dir).acquire(command))
+    except PlanBusy as busy:
+        if skip_if_busy:
+            console.print(f"{command}: skipped, {describe(busy.holder)} is running this plan")
+            sys.exit(0)
+        fail(str(busy))
+
+
+def _keeper_lock(session: Any) -> Any:
+    """Held for the life of `execute --keep-syncing`: one keeper per plan, and cron knows it is there."""
+    from orchestrator.run_lock import KEEPER, PlanBusy, PlanLock, describe
+
+    try:
+        return _released_at_end(PlanLock(session.state_dir, KEEPER).acquire("execute --keep-syncing"))
+    except PlanBusy as busy:
+        fail(f"this plan is already kept in sync by {describe(busy.holder)}; stop it first (Ctrl-C)")
+
+
+def _released_at_end(lock: Any) -> Any:
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(lock.release)
+    return lock
+
+
+def _keep_syncing(session: Any, journal: Any, *, verbose: bool) -> int:
+    """Incremental passes on the sync cadence until Ctrl-C (130) or every server is cut over (0).
+
+    Between passes the run lock is free, so `migrate cutover` or a manual `migrate sync` from another
+    shell runs; a pass that finds the plan busy waits for it.
+    """
+    import threading
+
+    from orchestrator.executor import Executor
+    from orchestrator.notify import TeeObserver, notifier_for
+    from orchestrator.report.live import LiveObserver
+    from orchestrator.run_lock import PlanBusy, PlanLock, describe
+    from orchestrator.sync_schedule import keep_syncing, schedules
+
+    stopped = threading.Event()
+    running: dict[str, Any] = {}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        stopped.set()
+        err.print(
+            f"[yellow]{signal.Signals(signum).name}: no more passes; state is kept (press Ctrl-C again to "
+            "abort a pass now)[/]"
+        )
+        if "executor" in running:
+            running["executor"].cancel()
+
+    notifier = notifier_for(
+        session.playbook,
+        plan=session.plan,
+        journal=journal,
+        playbook_file=session.loaded.path.name,
+        warn=lambda text: err.print(text, style="yellow", markup=False, highlight=False),
+    )
+    said: list[str] = []
+
+    def say(text: str) -> None:
+        if said[-1:] != [text]:
+            console.print(text, markup=False, highlight=False)
+            said.append(text)
+
+    def run_pass(due: list[str]) -> str:
+        if journal.current_plan_hash() != session.plan.hash:
+            say("the plan changed in the journal (a --replan elsewhere); stopping: run this command again")
+            return "changed"
+        try:
+            lock = PlanLock(session.state_dir).acquire("sync (by execute --keep-syncing)")
+        except PlanBusy as busy:
+            say(f"pass of {', '.join(due)} waits: {describe(busy.holder)} is running this plan")
+            return "busy"
+        try:
+            for name in due:
+                journal.checkpoint(f"{name}/pass_request", None)
+            journal.reset([_pass_step(session, name, "sync") for name in due])
+            with LiveObserver(console, verbose=verbose) as observer:
+                executor = Executor(
+                    session.plan,
+                    session.playbook,
+                    journal,
+                    state_dir=session.state_dir,
+                    base_dir=session.base_dir,
+                    observer=TeeObserver(observer, notifier),
+                )
+                running["executor"] = executor
+                if stopped.is_set():
+                    return "cancelled"
+                result = executor.run(executor.select(["replicate"], due, auto_cutover=False), command="sync")
+                running.pop("executor", None)
+            for step_id, error in result.failed.items():
+                console.print(f"[bold red]failed[/] {step_id}: {error}", highlight=False)
+            return "done" if result.status in ("done", "waiting") else result.status
+        finally:
+            lock.release()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outcome = keep_syncing(
+            session.plan.servers,
+            clock=lambda names, now: schedules(journal, session.playbook, names, now),
+            run_pass=run_pass,
+            stopped=stopped,
+            say=say,
+        )
+    except KeyboardInterrupt:
+        err.print("[red]aborted; the pass that was running will run again next time[/]")
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if notifier is not None:
+            notifier.close()
+    if outcome.status == "cut over":
+        console.print(f"keep-syncing: every server is past the cutover gate ({outcome.passes} pass(es) run)")
+        return 0
+    if outcome.status == "plan changed":
+        return 1
+    console.print(
+        f"[yellow]interrupted[/]: {outcome.passes} pass(es) run while waiting; run `migrate execute "
+        f"{session.loaded.path.name} --keep-syncing` again to go on, or `migrate cutover`"
+    )
+    return 130
 
 
 def _dry_run(session: Any, report_path: Path | None) -> None:
@@ -224,11 +394,33 @@ def _dry_run(session: Any, report_path: Path | None) -> None:
     from orchestrator.simulate import simulate
 
     views = _finding_views(_findings(session, offline=False))
-    result = simulate(session.plan, session.playbook, findings=views)
+    result = simulate(session.plan, session.playbook, findings=views, source_sizes=_scanned_sets(session))
     render_report(result.report, console)
     if report_path:
         write_report(result.report, _fmt(report_path), report_path)
         err.print(f"report written to {report_path}")
+
+
+def _scanned_sets(session: Any) -> dict[str, Any]:
+    """Data-only servers' sets as their last files pass found them (size and count), when there was one."""
+    from orchestrator.journal import JournalError
+    from orchestrator.simulate import SizeInfo
+
+    data = [s.name for s in session.playbook.servers if s.data is not None]
+    if not data or not session.has_journal:
+        return {}
+    try:
+        journal = session.read_journal()
+    except JournalError:
+        return {}
+    sizes = {}
+    for name in data:
+        last = journal.load_checkpoint(f"{name}/files_last_pass")
+        if last:
+            total = int(last.get("bytes_total", 0))
+            sizes[name] = SizeInfo([total], [total], None, int(last["files"]) + int(last["folders"]))
+    journal.close()
+    return sizes
 
 
 def _fmt(path: Path) -> str:
@@ -247,8 +439,13 @@ def _run(
     report_path: Path | None = None,
     prepare: Callable[[Any, Any], None] | None = None,
     conclude: Callable[[Any], int] | None = None,
+    skip_if_busy: bool = False,
 ) -> None:
-    """Run the selected steps; ``conclude(journal)`` may print more and raise the exit code."""
+    """Run the selected steps; ``conclude(journal)`` may print more and raise the exit code.
+
+    The plan's run lock is held while steps run (one orchestrator per plan) and released before
+    ``conclude``, which may take it again (`execute --keep-syncing`).
+    """
     from orchestrator.executor import Executor
     from orchestrator.journal import JournalError
     from orchestrator.notify import TeeObserver, notifier_for
@@ -256,6 +453,8 @@ def _run(
     from orchestrator.session import PlanChanged
 
     _check_servers(session, servers)
+    _warn_insecure(session)
+    lock = _plan_lock(session, command, skip_if_busy=skip_if_busy)
     try:
         journal, reset = session.open_journal(replan=replan)
     except (PlanChanged, JournalError) as exc:
@@ -311,6 +510,7 @@ def _run(
     if report_path:
         _write_run_report(session, journal, report_path)
     code = result.exit_code
+    lock.release()
     if conclude is not None and result.status in ("done", "waiting"):
         code = max(code, conclude(journal))
     journal.close()
@@ -329,7 +529,8 @@ def _summarize(result: Any, session: Any, command: str, states: dict[str, str]) 
     ready = [
         s
         for s in session.plan.servers
-        if states.get(f"{s}/remap_nics") == "done" and states.get(f"{s}/cutover_gate") != "done"
+        if "done" in (states.get(f"{s}/remap_nics"), states.get(f"{s}/sync_files"))
+        and states.get(f"{s}/cutover_gate") != "done"
     ]
     console.print()
     if result.status == "cancelled":
@@ -364,37 +565,106 @@ def _summarize(result: Any, session: Any, command: str, states: dict[str, str]) 
     help="compare source and replica chunk by chunk without copying; list the ranges that differ "
     "(exit 1 if any) so the next plain sync repairs exactly those",
 )
+@click.option(
+    "--due",
+    is_flag=True,
+    help="only servers whose next pass is due by the sync cadence, quietly (exit 0) when none is or "
+    "another orchestrator is at work: for cron, */5 * * * * migrate sync --due PLAYBOOK",
+)
 @click.option("-v", "--verbose", is_flag=True)
 def sync(
-    playbook: Path, state_dir: Path | None, servers: tuple[str, ...], verify: bool, verbose: bool
+    playbook: Path,
+    state_dir: Path | None,
+    servers: tuple[str, ...],
+    verify: bool,
+    due: bool,
+    verbose: bool,
 ) -> None:
     """One more incremental pass for SERVERS (default: all) - only changed chunks travel."""
     session = _session(playbook, state_dir)
-    names = list(servers) or session.plan.servers
+    names = list(servers) or list(session.plan.servers)
+    if due and verify:
+        fail("--due and --verify do not go together: a verify pass is asked for by hand", 2)
+    if due:
+        _check_servers(session, names)
+        _skip_if_kept(session)
 
     def again(_executor: Any, journal: Any) -> None:
+        if due:
+            names[:] = _due_servers(session, journal, names)
         states = journal.states()
-        not_mirrored = [s for s in names if states.get(f"{s}/mirror") != "done"]
+        not_mirrored = [s for s in names if states.get(_pass_step(session, s, "mirror")) != "done"]
         if not_mirrored:
             fail(f"no full mirror yet for {', '.join(not_mirrored)}: run `migrate execute` first")
         for name in names:  # read (and cleared) by the server's sync step
             journal.checkpoint(f"{name}/pass_request", {"mode": "verify"} if verify else None)
-        journal.reset([f"{s}/sync" for s in names])
+        journal.reset([_pass_step(session, s, "sync") for s in names])
 
     def differences(journal: Any) -> int:
-        from orchestrator.report.verify_view import render_verify
+        from orchestrator.report.verify_view import render_files_verify, render_verify
 
-        return render_verify(console, {name: journal.output(f"{name}/sync") for name in names})
+        data = [n for n in names if session.playbook.server(n).data is not None]
+        disks = [n for n in names if n not in data]
+        code = (
+            render_verify(console, {name: journal.output(f"{name}/sync") for name in disks}) if disks else 0
+        )
+        if data:
+            outputs = {name: journal.load_checkpoint(f"{name}/files_verify") for name in data}
+            code = max(code, render_files_verify(console, outputs))
+        return code
 
     _run(
         session,
         phases=["replicate"],
         servers=names,
-        command="sync",
+        command="sync --due" if due else "sync",
         verbose=verbose,
         prepare=again,
         conclude=differences if verify else None,
+        skip_if_busy=due,
     )
+
+
+def _pass_step(session: Any, server: str, kind: str) -> str:
+    """The step id of a server's ``mirror`` or ``sync`` pass: a data-only server has its files kinds."""
+    if session.playbook.server(server).data is not None:
+        kind = {"mirror": "mirror_files", "sync": "sync_files"}[kind]
+    return f"{server}/{kind}"
+
+
+def _skip_if_kept(session: Any) -> None:
+    """A keeper (`execute --keep-syncing`) runs the passes itself: a cron `sync --due` steps aside."""
+    from orchestrator.run_lock import KEEPER, PlanLock, describe
+
+    holder = PlanLock(session.state_dir, KEEPER).holder()
+    if holder is not None:
+        console.print(f"sync --due: skipped, {describe(holder)} keeps this plan in sync")
+        sys.exit(0)
+
+
+def _due_servers(session: Any, journal: Any, names: list[str]) -> list[str]:
+    """The named servers whose next pass is due now; none due: say when each is, exit 0."""
+    import time
+
+    from orchestrator.playbook.units import format_duration
+    from orchestrator.sync_schedule import schedules
+
+    now = time.time()
+    clocks = schedules(journal, session.playbook, names, now)
+    due = [c.server for c in clocks if c.due(now)]
+    if not due:
+        waiting = [
+            f"{c.server} in {format_duration(max(0.0, (c.next_due or now) - now))}"
+            for c in clocks
+            if c.next_due is not None
+        ]
+        console.print(
+            "sync --due: no pass is due"
+            + (f"; next: {', '.join(waiting)}" if waiting else " (no server is between mirror and cutover)")
+        )
+        sys.exit(0)
+    console.print(f"sync --due: {', '.join(due)}")
+    return due
 
 
 @main.command()
@@ -487,6 +757,7 @@ def undo(
     _check_servers(session, list(servers))
     if not session.has_journal:
         fail(f"nothing to undo: no journal in {session.state_dir}")
+    _plan_lock(session, "undo")  # held until the command ends
     journal, _ = session.open_journal(replan=True)
     chosen = _undo_order(
         session, journal, set(servers) or set(session.plan.servers), phase="test" if test_only else None
@@ -521,33 +792,41 @@ def undo(
 @playbook_argument
 @click.option("--steps", "show_steps", is_flag=True, help="list every step of every server")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(playbook: Path, state_dir: Path | None, show_steps: bool, as_json: bool) -> None:
-    """Where each server is: state, steps done, current step and progress, last pass and lag."""
+@click.option(
+    "--audit",
+    "show_audit",
+    is_flag=True,
+    help="also list every operation run against a source or target (who, when, where, what, outcome)",
+)
+def status(playbook: Path, state_dir: Path | None, show_steps: bool, as_json: bool, show_audit: bool) -> None:
+    """Where each server is: state, steps done, current step and progress; the warm-migration clock (last
+    pass, lag, converging or not, next pass due, estimated final delta)."""
     from orchestrator.journal import JournalError
     from orchestrator.report.from_journal import build_run_report
     from orchestrator.report.progress import running_progress
-    from orchestrator.report.status_view import render_status
+    from orchestrator.report.status_view import render_audit, render_status
 
     session = _session(playbook, state_dir)
+    _warn_insecure(session)
     try:
         journal = session.read_journal()
     except JournalError as exc:
         fail(str(exc))
     report = build_run_report(session.plan, session.playbook, journal, playbook_path=str(session.loaded.path))
     if as_json:
+        data = report.to_dict()
         click.echo(
             json.dumps(
-                {
-                    "servers": report.to_dict()["servers"],
-                    "steps": report.to_dict()["steps"],
-                    "progress": running_progress(journal),
-                },
+                {"servers": data["servers"], "steps": data["steps"], "progress": running_progress(journal)}
+                | ({"audit": data["audit"]} if show_audit else {}),
                 indent=2,
                 default=str,
             )
         )
     else:
         render_status(console, report, journal, show_steps=show_steps)
+        if show_audit:
+            render_audit(console, report.audit)
     journal.close()
 
 

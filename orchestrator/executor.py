@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import networkx as nx
 
+from orchestrator import audit, failpoints
 from orchestrator.journal import Journal
 from orchestrator.planner import Plan
 from orchestrator.playbook.models import Playbook, Server
@@ -148,10 +149,16 @@ class _Context:
         return self.playbook.server(self.node.server)
 
     def provider(self, name: str) -> Provider:
-        return self._x.resources.provider(name)
+        """The provider behind an audit proxy: every call that changes the target is journaled."""
+        config = self.playbook.providers.get(name)
+        endpoint = audit.provider_endpoint(name, config)
+        return audit.audited(self._x.resources.provider(name), endpoint, audit.PROVIDER_WRITES)
 
     def source(self) -> Source:
-        return self._x.resources.source(self.server)
+        """The source behind an audit proxy: quiesce, thaw, shutdown and start are journaled."""
+        server = self.server
+        source = self._x.resources.source(server)
+        return audit.audited(source, audit.source_endpoint(server), audit.SOURCE_WRITES)
 
     def output(self, step_id: str) -> dict[str, Any]:
         output = self._x.journal.output(step_id)
@@ -225,6 +232,12 @@ class Executor:
         self.cancel_event = threading.Event()
         self.run_id = 0
         self._sleep = sleep
+        self.audit_sink = audit.JournalSink(journal, lambda: self.run_id)
+
+    def _audited(self, function: Callable[[StepNode], None], node: StepNode) -> None:
+        """Run a step's work in its audit scope: what it does to sources and targets is journaled."""
+        with audit.scope(self.audit_sink, server=node.server, step_id=node.id):
+            function(node)
 
     def cancel(self) -> None:
         """Ask running steps to stop at their next safe point (Ctrl-C, SIGTERM)."""
@@ -274,10 +287,12 @@ class Executor:
 
         def work(node: StepNode) -> None:
             try:
+                failpoints.hit("before", node.id)  # tests only: kill -9 at a step boundary
                 if node.kind == "cleanup_on_error":
                     output: dict[str, Any] | None = {"undone": self._cleanup(node)}
                 else:
                     output = step_for(node.kind).run(_Context(self, node))
+                failpoints.hit("after", node.id)
                 finished.put((node.id, "done", None, output))
             except Cancelled as exc:
                 finished.put((node.id, "cancelled", str(exc), None))
@@ -300,7 +315,7 @@ class Executor:
                         attempts[node_id] = attempts.get(node_id, 0) + 1
                         self.journal.set_state(node_id, "running", run_id=self.run_id)
                         self.observer.step_started(node)
-                        pool.submit(work, node)
+                        pool.submit(self._audited, work, node)
                 else:  # every time: a finishing step may have handed its slot to a waiter
                     result.cancelled.extend(sched.cancel_pending())
                     timers.clear()
@@ -409,7 +424,8 @@ class Executor:
         for step_id in step_ids:
             node = self.plan.node(step_id)
             try:
-                step_for(node.kind).undo(_Context(self, node))
+                with audit.scope(self.audit_sink, server=node.server, step_id=node.id):
+                    step_for(node.kind).undo(_Context(self, node))
             except (StepFailed, ProviderError, OSError) as exc:
                 errors[step_id] = redact(str(exc))
                 self.journal.event(self.run_id, step_id, "error", f"undo failed: {exc}")

@@ -21,7 +21,7 @@ from typing import Any
 from orchestrator.playbook.secrets import redact
 from orchestrator.steps.base import Resource
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the audit table
 FILE_NAME = "journal.sqlite"
 
 _SCHEMA = """
@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS step_history (
     id INTEGER PRIMARY KEY, run_id INTEGER, step_id TEXT NOT NULL, state TEXT NOT NULL,
     started_at REAL, ended_at REAL, error TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, run_id INTEGER, ts REAL NOT NULL, who TEXT NOT NULL, server TEXT, step_id TEXT,
+    endpoint TEXT NOT NULL, operation TEXT NOT NULL, outcome TEXT NOT NULL, exit_code INTEGER, detail TEXT,
+    ended_at REAL);
 CREATE INDEX IF NOT EXISTS events_step ON events(step_id);
 CREATE INDEX IF NOT EXISTS resources_step ON resources(step_id);
 """
@@ -91,6 +95,11 @@ class Journal:
             self._db.executescript(_SCHEMA)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            # An older journal got the new tables from _SCHEMA's IF NOT EXISTS just now: it is current.
+            self._db.execute(
+                "UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
+                (str(SCHEMA_VERSION), SCHEMA_VERSION),
             )
 
     # ------------------------------------------------------------ integrity
@@ -360,6 +369,44 @@ class Journal:
                     redact(json.dumps(dict(data), default=str)) if data else None,
                 ),
             )
+
+    # ------------------------------------------------------------ audit
+
+    def audit_start(self, run_id: int | None, entry: Any) -> int:
+        """One operation on a source or target, before it runs (outcome 'running'); returns its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO audit (run_id, ts, who, server, step_id, endpoint, operation, outcome) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    entry.ts,
+                    entry.who,
+                    entry.server,
+                    entry.step_id,
+                    redact(entry.endpoint),
+                    redact(entry.operation),
+                    entry.outcome,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def audit_finish(self, entry_id: int, outcome: str, exit_code: int | None, detail: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE audit SET outcome=?, exit_code=?, detail=?, ended_at=? WHERE id=?",
+                (outcome, exit_code, redact(detail) if detail else None, time.time(), entry_id),
+            )
+
+    def audit(self, server: str | None = None) -> list[dict[str, Any]]:
+        """The audit trail, oldest first; empty for a journal older than the audit table."""
+        query = "SELECT * FROM audit" + (" WHERE server=?" if server is not None else "") + " ORDER BY id"
+        try:
+            with self._lock:
+                rows = self._db.execute(query, (server,) if server is not None else ()).fetchall()
+        except sqlite3.OperationalError:  # a schema-1 journal opened read-only: no audit table
+            return []
+        return [dict(row) for row in rows]
 
 
 def _record(row: sqlite3.Row) -> StepRecord:

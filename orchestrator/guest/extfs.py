@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestrator import audit
+
 _COPY_BLOCK = 4 * 1024 * 1024
 _SYMLINK_HOPS = 40  # as the Linux kernel's MAXSYMLINKS
 _TIMEOUT = 120.0
@@ -333,6 +335,15 @@ class ExtFs:
 
     # ------------------------------------------------------------ plumbing
 
+    @contextmanager
+    def _audited(self, commands: Sequence[str], writable: bool) -> Iterator[audit.Operation]:
+        """A write into a replica's filesystem is a change to the target: it goes to the audit trail."""
+        if not writable:
+            yield audit.Operation()
+            return
+        with audit.operation(f"replica disk {self.spec}", "debugfs -w: " + "; ".join(commands)) as op:
+            yield op
+
     def _run(self, commands: Sequence[str], *, writable: bool = False) -> subprocess.CompletedProcess[bytes]:
         if not self.image.exists():
             raise GuestFsError(f"disk image {self.image} does not exist")
@@ -347,10 +358,11 @@ class ExtFs:
                 script.write("\n".join(commands) + "\n")
                 script.flush()
                 args += ["-f", script.name]
-            with image_lock(self.image):
+            with image_lock(self.image), self._audited(commands, writable) as op:
                 result = subprocess.run(
                     [*args, self.spec], capture_output=True, timeout=_TIMEOUT, env=env, check=False
                 )
+                op.exited(result.returncode, _stderr(result) or None)
         err = _stderr(result)
         if "while trying to open" in err or "Filesystem not open" in err:
             raise GuestFsError(f"{self.spec}: not an ext2/3/4 filesystem debugfs can open ({err})")

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator import __version__
+from orchestrator import __version__, audit
 from orchestrator.transport import TransportError
 from providers.base import SourceDisk, SourceFacts, SourceNic
 
@@ -106,6 +106,7 @@ class AgentSession:
     # ------------------------------------------------------------ frames
 
     def request(self, op: str, **params: Any) -> None:
+        audit.record(f"agent on {self.where}", audit.call_text(op, (), params))
         try:
             self.channel.send_json(wire.REQUEST, {"op": op, **params})
         except wire.StreamClosed:

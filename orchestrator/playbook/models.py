@@ -673,6 +673,12 @@ class DataMigration(Model):
           orphans: move
           orphans_path: /srv/orphans
           compare: attributes_then_delta
+
+    Cutover stops the source's services through ``source.quiesce`` (or ``quiesce_command``), runs a last
+    difference pass and leaves them stopped: the data now lives on the target. ``migrate undo`` starts
+    them again and removes, only under the target folders the first pass created (they did not exist
+    before it), what the rule set holds; a target folder that existed before is never touched, so undo
+    never deletes a file the target had before the migration.
     """
 
     target_host: Literal["local"] | DataTarget = Field(

@@ -13,6 +13,7 @@ from orchestrator.report.json_report import from_json, to_json
 from orchestrator.report.markdown import to_markdown
 from orchestrator.report.model import (
     SCHEMA,
+    AuditLine,
     FindingView,
     RunReport,
     ServerSummary,
@@ -59,20 +60,33 @@ def redacted(report: RunReport) -> RunReport:
     copy.servers = [_with_clean_strings(s, clean) for s in report.servers]
     for server in copy.servers:
         server.downtime_breakdown = {clean(k): v for k, v in server.downtime_breakdown.items()}
+        if server.files is not None:  # paths and messages a files agent sent
+            server.files = _clean_nested(server.files, clean)
     copy.steps = [_with_clean_strings(s, clean) for s in report.steps]
     copy.findings = [_with_clean_strings(f, clean) for f in report.findings]
     copy.critical_path = [clean(i) for i in report.critical_path]
     copy.notes = [clean(n) for n in report.notes]
+    copy.audit = [_with_clean_strings(a, clean) for a in report.audit]
     copy.bandwidth_series = list(report.bandwidth_series)
     return copy
 
 
-_Item = TypeVar("_Item", RunReport, ServerSummary, StepTiming, FindingView)
+_Item = TypeVar("_Item", RunReport, ServerSummary, StepTiming, FindingView, AuditLine)
 
 
 def _with_clean_strings(item: _Item, clean: Callable[[str], str]) -> _Item:
     values = {f.name: getattr(item, f.name) for f in fields(item)}
     return type(item)(**{k: clean(v) if isinstance(v, str) and v else v for k, v in values.items()})
+
+
+def _clean_nested(value: object, clean: Callable[[str], str]) -> object:
+    if isinstance(value, str):
+        return clean(value) if value else value
+    if isinstance(value, dict):
+        return {k: _clean_nested(v, clean) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_nested(v, clean) for v in value]
+    return value
 
 
 def write_report(report: RunReport, fmt: ReportFormat, path: str | Path | None = None) -> str:

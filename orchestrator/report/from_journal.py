@@ -8,14 +8,35 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from orchestrator.convergence import assess
 from orchestrator.journal import Journal, StepRecord
 from orchestrator.planner import TEST_CHAIN, Plan
 from orchestrator.playbook.models import Playbook, Server
-from orchestrator.report.model import FindingView, RunReport, ServerSummary, StepTiming, utc_now_iso
+from orchestrator.report.model import (
+    AuditLine,
+    FindingView,
+    RunReport,
+    ServerSummary,
+    StepTiming,
+    utc_now_iso,
+)
+from orchestrator.sync_schedule import schedule_of
 
-DATA_KINDS = ("mirror", "sync", "final_sync")
+DATA_KINDS = ("mirror", "sync", "final_sync", "mirror_files", "sync_files", "final_files_pass")
+
+
+# The furthest milestone a server reached names its state; a data-only server's steps included.
+_MILESTONES = {
+    "verify_replica": "cut over",
+    "final_files_pass": "cut over",
+    "remap_nics": "ready for cutover",
+    "sync_files": "ready for cutover",
+    "mirror": "replicating",
+    "mirror_files": "replicating",
+    "discover_source": "preparing",
+}
 
 
 def server_state(records: dict[str, StepRecord], server: str) -> str:
@@ -31,19 +52,10 @@ def server_state(records: dict[str, StepRecord], server: str) -> str:
     if "running" in states:
         running = sorted(k for k, r in mine.items() if r.state == "running")
         return f"running {', '.join(running)}"
-    last = [
-        k
-        for k in ("verify_replica", "remap_nics", "mirror", "discover_source")
-        if k in mine and mine[k].state == "done"
-    ]
+    last = [k for k in _MILESTONES if k in mine and mine[k].state == "done"]
     if not last:
         return "undone" if "undone" in states else "planned"
-    state = {
-        "verify_replica": "cut over",
-        "remap_nics": "ready for cutover",
-        "mirror": "replicating",
-        "discover_source": "preparing",
-    }[last[0]]
+    state = _MILESTONES[last[0]]
     test = next((r for r in records.values() if r.server == server and r.kind == "verify_test_copy"), None)
     if last[0] == "remap_nics" and test is not None and test.state == "done":
         state += " (test copy up)"
@@ -90,10 +102,7 @@ def build_run_report(
         )
 
     series = _series(steps)
-    servers = [
-        _server_summary(server, records, journal, playbook.sync_for(server).interval)
-        for server in playbook.servers
-    ]
+    servers = [_server_summary(server, records, journal, playbook) for server in playbook.servers]
     runs = journal.runs()
     return RunReport(
         kind="run",
@@ -113,11 +122,36 @@ def build_run_report(
         notes=[f"{len(runs)} command run(s) recorded; last: {runs[-1]['command']} ({runs[-1]['status']})"]
         if runs
         else [],
+        audit=audit_lines(journal),
     )
 
 
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def audit_lines(journal: Journal, server: str | None = None) -> list[AuditLine]:
+    """The journal's audit trail as report lines (already redacted when it was written)."""
+    return [
+        AuditLine(
+            at=iso(row["ts"]) or "",
+            who=row["who"],
+            server=row["server"],
+            step_id=row["step_id"],
+            endpoint=row["endpoint"],
+            operation=row["operation"],
+            outcome=row["outcome"],
+            exit_code=row["exit_code"],
+            detail=row["detail"],
+        )
+        for row in journal.audit(server)
+    ]
+
+
 def _server_summary(
-    server: Server, records: dict[str, StepRecord], journal: Journal, interval: float
+    server: Server, records: dict[str, StepRecord], journal: Journal, playbook: Playbook
 ) -> ServerSummary:
     name = server.name
     mine = {r.kind: r for r in records.values() if r.server == name}
@@ -131,7 +165,9 @@ def _server_summary(
     if down_from is not None and up and up.state == "done" and up.ended_at and up.ended_at >= down_from:
         measured = up.ended_at - down_from
     passes = (journal.load_checkpoint(f"{name}/passes") or {}).get("passes", [])
-    verdict = assess(passes, interval=interval)
+    options = playbook.sync_for(server)
+    verdict = assess(passes, interval=options.interval)
+    clock = schedule_of(name, passes, {r.step_id: r.state for r in records.values()}, options, time.time())
     counted = [  # a test copy's steps count while it exists, not as work left to do
         r
         for r in mine.values()
@@ -140,7 +176,7 @@ def _server_summary(
     return ServerSummary(
         name=name,
         source=_source_label(server),
-        target=f"{server.target.provider}/{server.vm_name}",
+        target=_target_label(server),
         state=server_state(records, name),
         steps_done=sum(r.state == "done" for r in counted),
         steps_total=len(counted),
@@ -150,7 +186,54 @@ def _server_summary(
         downtime_measured=measured,
         lag=verdict.lag,
         convergence=verdict.state if passes else None,
+        last_pass_at=iso(clock.last_started),
+        last_pass_bytes=clock.last_bytes,
+        last_pass_duration=clock.last_duration,
+        next_pass_due=iso(clock.next_due),
+        final_delta_estimate=clock.final_delta,
+        files=files_summary(journal, name) if server.data is not None else None,
     )
+
+
+def _target_label(server: Server) -> str:
+    if server.data is None:
+        return f"{server.target.provider}/{server.vm_name}"  # type: ignore[union-attr]
+    host = server.data.target_host
+    return "files:local" if host == "local" else f"files:{host.host}"
+
+
+def files_summary(journal: Journal, name: str) -> dict[str, Any]:
+    """A data-only server's figures: its last pass, totals over every pass, the last verification (times
+    in UTC) and what was skipped (a file that could not be read or written, logged and left out)."""
+    last = journal.load_checkpoint(f"{name}/files_last_pass")
+    verify = journal.load_checkpoint(f"{name}/files_verify")
+    every = (journal.load_checkpoint(f"{name}/passes") or {}).get("passes", [])
+    summary: dict[str, Any] = {
+        "passes": len(every),
+        "bytes_sent_total": sum(int(p.get("bytes_written", 0)) for p in every),
+        "last_pass": None,
+        "verification": None,
+        "skipped": [],
+    }
+    if last is not None:
+        summary["last_pass"] = {
+            "mode": last.get("mode"),
+            "finished_at": iso(last.get("finished_at")),
+            **{k: last.get(k, 0) for k in _PASS_FIGURES},
+            "orphans": last.get("orphans_count", len(last.get("orphans") or [])),
+            "orphan_action": last.get("orphan_action"),
+        }
+        summary["skipped"] = list(last.get("problems") or [])
+    if verify is not None:
+        summary["verification"] = {
+            "at": iso(verify.get("finished_at")),
+            "differing": verify.get("differences_count", len(verify.get("differences") or [])),
+            "differences": list(verify.get("differences") or []),
+        }
+    return summary
+
+
+_PASS_FIGURES = ("files", "folders", "links", "hardlinks", "bytes_total", "files_sent", "bytes_sent")
 
 
 def downtime_start(mine: dict[str, StepRecord]) -> float | None:

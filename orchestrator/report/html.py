@@ -15,6 +15,7 @@ import html
 import math
 from collections.abc import Iterable, Sequence
 
+from orchestrator.report import files_view
 from orchestrator.report.model import (
     DASH,
     SCHEMA,
@@ -97,8 +98,10 @@ def to_html(report: RunReport) -> str:
         _gantt_section(report, span),
         _bandwidth_section(report, span),
         _servers_section(report),
+        files_view.to_html(report, esc),
         _critical_path_section(report),
         _findings_section(report),
+        _audit_section(report),
         _notes_section(report),
     ]
     body = "\n".join(s for s in sections if s)
@@ -725,6 +728,39 @@ def _findings_section(report: RunReport) -> str:
         "<section><h2>Findings</h2><table><thead><tr><th>Severity</th><th>Rule</th><th>Server</th>"
         "<th>Location</th><th>Finding</th><th>Fix</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></section>"
+    )
+
+
+AUDIT_ROWS_SHOWN = 5000  # the JSON report and `migrate status --audit` hold every line
+_OUTCOME_COLOURS = {"ok": "#2e9d57", "error": "#d64541", "running": "#b7791f"}
+
+
+def _audit_section(report: RunReport) -> str:
+    """Every operation run against a source or target: who, when, where, what, and how it ended."""
+    if report.is_simulation:
+        return ""
+    if not report.audit:
+        return _section("Audit", '<p class="small">No operation against a source or target is recorded.</p>')
+    shown = report.audit[:AUDIT_ROWS_SHOWN]
+    rows = "".join(
+        f'<tr><td class="small">{esc(a.at)}</td><td class="small">{esc(a.who)}</td>'
+        f"<td>{esc(a.server or DASH)}</td><td><code>{esc(a.step_id or DASH)}</code></td>"
+        f'<td class="small">{esc(a.endpoint)}</td><td><code>{esc(a.operation)}</code></td>'
+        f'<td><span class="pill" style="background:{_OUTCOME_COLOURS.get(a.outcome, "#555")}">'
+        f"{esc(a.outcome)}{esc(f' {a.exit_code}' if a.exit_code is not None else '')}</span>"
+        f"{f' <span class=small>{esc(a.detail)}</span>' if a.detail else ''}</td></tr>"
+        for a in shown
+    )
+    more = (
+        f'<p class="small">{len(report.audit) - len(shown)} more in the JSON report.</p>'
+        if len(report.audit) > len(shown)
+        else ""
+    )
+    return (
+        f'<section><h2>Audit</h2><p class="small">{len(report.audit)} operation(s) against sources and '
+        "targets: who ran them (OS user@orchestrator host), when (UTC), where, what, and the outcome.</p>"
+        "<table><thead><tr><th>When (UTC)</th><th>Who</th><th>Server</th><th>Step</th><th>Where</th>"
+        f"<th>Operation</th><th>Outcome</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>"
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from orchestrator.report import files_view
 from orchestrator.report.model import (
     DASH,
     RunReport,
@@ -43,8 +44,10 @@ def to_markdown(report: RunReport) -> str:
         _summary(report),
         _failures(report),
         _servers(report),
+        files_view.to_markdown(report, md),
         _critical_path(report),
         _findings(report),
+        _audit(report),
         _notes(report),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -143,6 +146,40 @@ def _findings(report: RunReport) -> str:
         "## Findings\n\n| Severity | Rule | Server | Location | Message | Fix |\n|---|---|---|---|---|---|\n"
         + rows
     )
+
+
+AUDIT_ROWS_SHOWN = 5000  # the JSON report and `migrate status --audit` hold every line
+
+
+def _audit(report: RunReport) -> str:
+    """Every operation run against a source or target: who, when, where, what, and how it ended."""
+    if report.is_simulation:
+        return ""
+    if not report.audit:
+        return "## Audit\n\nNo operation against a source or target is recorded."
+    shown = report.audit[:AUDIT_ROWS_SHOWN]
+    rows = "\n".join(
+        f"| {md(a.at)} | {md(a.who)} | {md(a.server)} | {code(a.step_id)} | {md(a.endpoint)} "
+        f"| {code(a.operation)} | {md(_outcome(a.outcome, a.exit_code, a.detail))} |"
+        for a in shown
+    )
+    more = (
+        f"\n\n{len(report.audit) - len(shown)} more in the JSON report."
+        if len(report.audit) > len(shown)
+        else ""
+    )
+    return (
+        f"## Audit\n\n{len(report.audit)} operation(s) against sources and targets.\n\n"
+        "| When (UTC) | Who | Server | Step | Where | Operation | Outcome |\n|---|---|---|---|---|---|---|\n"
+        + rows
+        + more
+    )
+
+
+def _outcome(outcome: str, exit_code: int | None, detail: str | None) -> str:
+    """``error (exit 1): no such device``"""
+    text = outcome if exit_code is None else f"{outcome} (exit {exit_code})"
+    return f"{text}: {detail}" if detail else text
 
 
 def _notes(report: RunReport) -> str:

@@ -79,6 +79,14 @@ class ServerSummary:
     downtime_breakdown: dict[str, float] = field(default_factory=dict)
     lag: float | None = None
     convergence: str | None = None  # converged | converging | NOT_CONVERGING | unknown
+    # the warm-migration clock (sync_schedule): the last incremental pass and when the next one is due
+    last_pass_at: str | None = None  # ISO 8601 UTC, when the last pass started
+    last_pass_bytes: int | None = None
+    last_pass_duration: float | None = None
+    next_pass_due: str | None = None  # ISO 8601 UTC; None: not mirrored yet, or past the cutover gate
+    final_delta_estimate: float | None = None  # seconds a final pass would take if cut over now
+    # a data-only server's figures (steps/files.py): last pass, totals, verification, skipped files
+    files: dict[str, Any] | None = None
 
     def breakdown_items(self) -> list[tuple[str, float]]:
         """The downtime parts in cutover order, unknown parts last (alphabetically) so output is stable."""
@@ -100,6 +108,21 @@ class FindingView:
 
 
 @dataclass(slots=True)
+class AuditLine:
+    """One operation the tool ran against a source or target (the journal's audit table), as plain text."""
+
+    at: str  # ISO 8601 UTC
+    who: str  # OS user@orchestrator host
+    server: str | None
+    step_id: str | None
+    endpoint: str
+    operation: str
+    outcome: str  # ok | error | running (no outcome recorded: the process stopped during it)
+    exit_code: int | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
 class RunReport:
     """Everything a renderer needs; ``kind`` says whether the figures were measured or predicted."""
 
@@ -118,6 +141,7 @@ class RunReport:
     bandwidth_series: list[tuple[float, float]] = field(default_factory=list)
     critical_path: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    audit: list[AuditLine] = field(default_factory=list)
 
     # -- views shared by the renderers ------------------------------------------------------------
 
@@ -188,6 +212,7 @@ class RunReport:
         data["bandwidth_series"] = [[float(t), float(rate)] for t, rate in self.bandwidth_series]
         data["critical_path"] = list(self.critical_path)
         data["notes"] = list(self.notes)
+        data["audit"] = [_plain(a) for a in self.audit]
         return data
 
     @classmethod
@@ -207,6 +232,7 @@ class RunReport:
         values["bandwidth_series"] = [(float(t), float(rate)) for t, rate in _list(data, "bandwidth_series")]
         values["critical_path"] = [str(i) for i in _list(data, "critical_path")]
         values["notes"] = [str(n) for n in _list(data, "notes")]
+        values["audit"] = [AuditLine(**_known(AuditLine, a)) for a in _list(data, "audit")]
         return cls(**values)
 
 
@@ -227,7 +253,8 @@ def _list(data: Mapping[str, Any], key: str) -> Iterable[Any]:
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (StepTiming, ServerSummary, FindingView, RunReport)
+    cls: tuple(f.name for f in fields(cls))
+    for cls in (StepTiming, ServerSummary, FindingView, RunReport, AuditLine)
 }
 
 

@@ -47,3 +47,24 @@ def render_verify(console: Console, outputs: dict[str, dict[str, Any] | None]) -
         "[green]every replica disk matches its source[/]" + (" apart from staging" if staged else "")
     )
     return 0
+
+
+def render_files_verify(console: Console, outputs: dict[str, dict[str, Any] | None]) -> int:
+    """A data-only server's verification: each differing path, why, and both sides' times in UTC."""
+    table = Table(title="verify: target files compared with the source", title_justify="left")
+    for column in ("server", "path", "why", "source mtime (UTC)", "target mtime (UTC)"):
+        table.add_column(column, overflow="fold")
+    found = 0
+    for server, output in outputs.items():
+        differences = (output or {}).get("differences", [])
+        found += int((output or {}).get("differences_count", len(differences)))
+        for diff in differences:
+            table.add_row(
+                server, diff["path"], diff["reason"], diff["source_mtime"] or "-", diff["target_mtime"] or "-"
+            )
+    console.print(table, highlight=False)
+    if found:
+        console.print(f"[yellow]{found} path(s) differ[/]: run `migrate sync` to send them again")
+        return 1
+    console.print("[green]every file in the set matches its source[/]")
+    return 0

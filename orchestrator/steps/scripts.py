@@ -10,6 +10,7 @@ import os
 import subprocess
 from typing import Any, ClassVar
 
+from orchestrator import audit
 from orchestrator.playbook.units import format_duration
 from orchestrator.steps.base import Step, StepContext, StepFailed
 
@@ -27,23 +28,25 @@ class _Script(Step):
             "HVM_PHASE": self.which,
             "HVM_PLAYBOOK": ctx.playbook.name,
         }
-        try:
-            done = subprocess.run(
-                command,
-                shell=True,
-                cwd=ctx.base_dir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=cutover.script_timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StepFailed(
-                f"{self.which} did not finish within {format_duration(cutover.script_timeout)} "
-                "(cutover.script_timeout)"
-            ) from None
-        output = (done.stdout + done.stderr).strip()
+        with audit.operation(f"orchestrator host ({self.which}, in {ctx.base_dir})", command) as op:
+            try:
+                done = subprocess.run(
+                    command,
+                    shell=True,
+                    cwd=ctx.base_dir,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=cutover.script_timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise StepFailed(
+                    f"{self.which} did not finish within {format_duration(cutover.script_timeout)} "
+                    "(cutover.script_timeout)"
+                ) from None
+            output = (done.stdout + done.stderr).strip()
+            op.exited(done.returncode, output.splitlines()[-1] if output else None)
         if output:
             ctx.event(f"{self.which} output:\n{output[-4000:]}")
         if done.returncode != 0:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import paramiko
 
+from orchestrator import audit
 from orchestrator.playbook.secrets import redact
 from orchestrator.transport import TransportError
 from orchestrator.transport.ssh import SshTransport
@@ -71,20 +72,26 @@ class RemoteShell:
         prefix = ["sudo", "-n"] if self.sudo and privileged else []
         return shlex.join([*prefix, "sh", "-c", WRAPPER, "hvmigrate", *argv])
 
+    def shown(self, argv: Sequence[str], *, privileged: bool) -> str:
+        """The command as the audit trail shows it: without the PATH wrapper, with sudo when used."""
+        return ("sudo -n " if self.sudo and privileged else "") + shlex.join(argv)
+
     def run(
         self, argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, privileged: bool = True
     ) -> Result:
         """Run ``argv`` to its end (or ``timeout``, then raise); a non-zero exit is returned, not raised."""
-        channel = self._open(argv, privileged)
-        try:
-            result = self._collect(channel, tuple(argv), time.monotonic() + timeout)
-        finally:
-            channel.close()
-        if result is None:
-            raise TransientProviderError(
-                f"{shlex.join(argv)} on {self.where} did not finish within {timeout:.0f}s; "
-                "look at the host (it may be stuck on I/O), then run again"
-            )
+        with audit.operation(f"ssh {self.where}", self.shown(argv, privileged=privileged)) as op:
+            channel = self._open(argv, privileged)
+            try:
+                result = self._collect(channel, tuple(argv), time.monotonic() + timeout)
+            finally:
+                channel.close()
+            if result is None:
+                raise TransientProviderError(
+                    f"{shlex.join(argv)} on {self.where} did not finish within {timeout:.0f}s; "
+                    "look at the host (it may be stuck on I/O), then run again"
+                )
+            op.exited(result.status, result.reason())
         return result
 
     def check(self, argv: Sequence[str], what: str, **options: float | bool) -> Result:
@@ -97,11 +104,19 @@ class RemoteShell:
     def launch(self, argv: Sequence[str], *, wait: float) -> Result | None:
         """Start ``argv`` and give it ``wait`` seconds: its result if it ended (or the connection dropped,
         status None), else None while it still runs. For commands that take the host down with them."""
-        channel = self._open(argv, privileged=True)
-        try:
-            return self._collect(channel, tuple(argv), time.monotonic() + wait)
-        finally:
-            channel.close()
+        with audit.operation(f"ssh {self.where}", self.shown(argv, privileged=True)) as op:
+            channel = self._open(argv, privileged=True)
+            try:
+                result = self._collect(channel, tuple(argv), time.monotonic() + wait)
+            finally:
+                channel.close()
+            if result is None:
+                op.note("still running when left to itself")
+            elif result.status is not None:
+                op.exited(result.status, result.reason())
+            else:
+                op.note("no exit status (the connection dropped)")
+        return result
 
     # ------------------------------------------------------------ internals
 
