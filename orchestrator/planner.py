@@ -156,6 +156,9 @@ def _build_plan(playbook: Playbook, playbook_sha256: str) -> Plan:
     last_step: dict[str, str] = {}
     first_cutover: dict[str, str] = {}
     for server in playbook.servers:
+        if server.data is not None:
+            last_step[server.name], first_cutover[server.name] = _add_data_server(graph, playbook, server)
+            continue
         last_step[server.name], first_cutover[server.name] = _add_server(
             graph, playbook, server, appliances.get(server.name)
         )
@@ -215,7 +218,7 @@ def _assign_appliances(servers: Iterable[Server]) -> dict[str, _Appliance]:
     fill: dict[str, tuple[int, int]] = {}  # target host -> (appliance index, disks on it)
     for server in servers:
         target = server.target
-        if target.appliance == "host":
+        if target is None or target.appliance == "host":
             continue
         host = target.host or "default"
         if target.appliance == "dedicated":
@@ -334,6 +337,57 @@ def _add_server(
         ),
     )
     return last, first_cutover
+
+
+# A data-only server (files and folders into a running target server): no VM, disks or appliance.
+DATA_CHAIN = ("validate", "mirror_files", "sync_files")
+DATA_CUTOVER_CHAIN = (
+    "cutover_gate",
+    "check_dns",
+    "run_pre_script",
+    "quiesce_source",  # source.quiesce: services stops the services that write the data
+    "final_files_pass",
+    "shutdown_source",
+    "update_dns",
+    "run_post_script",
+)
+
+
+def _add_data_server(graph: nx.DiGraph, playbook: Playbook, server: Server) -> tuple[str, str]:
+    assert server.data is not None
+    name = server.name
+    cutover = playbook.cutover_for(server)
+    src = ("source_host", source_host(server))
+    target = server.data.target_host
+    dst = ("target_host", "local" if target == "local" else target.host)
+    data_slots = (("servers", "*"), src, dst)
+    source = server.source
+    quiesces = isinstance(source, SshSource) and (source.quiesce != "none" or source.quiesce_command)
+    digest = _digest(server.data.model_dump(mode="json"))
+    chain: list[str] = []
+    for kind in DATA_CHAIN + DATA_CUTOVER_CHAIN:
+        if kind in ("run_pre_script", "run_post_script") and not getattr(cutover, kind[4:]):
+            continue
+        if kind == "shutdown_source" and not cutover.shutdown_source:
+            continue
+        if kind == "quiesce_source" and not quiesces:
+            continue
+        if kind in ("check_dns", "update_dns") and not server.dns_records:
+            continue
+        step_id = f"{name}/{kind}"
+        params: dict[str, Any] = {"config": digest} if kind.endswith("files") or kind.endswith("pass") else {}
+        slots = data_slots if kind in ("mirror_files", "sync_files", "final_files_pass") else ()
+        if kind in ("quiesce_source", "shutdown_source"):
+            slots = (src,)
+        phase: Phase = "replicate" if kind in DATA_CHAIN else "cutover"
+        graph.add_node(
+            step_id,
+            step=StepNode(id=step_id, kind=kind, server=name, phase=phase, params=params, slots=slots),
+        )
+        if chain:
+            graph.add_edge(chain[-1], step_id)
+        chain.append(step_id)
+    return chain[-1], f"{name}/cutover_gate"
 
 
 def _add_appliance_node(graph: nx.DiGraph, appliance: _Appliance, kind: str, slot: tuple[str, str]) -> None:

@@ -35,7 +35,14 @@ from orchestrator.steps.base import StepNode
 GiB = 1024**3
 DEFAULT_DISK = 100 * GiB
 DEFAULT_ZERO_FRACTION = 0.5
-DATA_KINDS = frozenset({"mirror", "sync", "final_sync"})
+DATA_KINDS = frozenset({"mirror", "sync", "final_sync", "mirror_files", "sync_files", "final_files_pass"})
+# A data-only server's passes: each kind costed as its disk counterpart, plus a per-file cost expressed as
+# link bytes (opening, creating and setting the attributes of a file on a first pass; comparing the two
+# scans' entries on a difference pass).
+FILES_KIND_AS = {"mirror_files": "mirror", "sync_files": "sync", "final_files_pass": "final_sync"}
+FILE_FIRST_PASS_BYTES = 32 * 1024
+FILE_SCAN_BYTES = 512
+DEFAULT_FILES = 10_000  # a data-only server with no estimate and no earlier pass to read
 # Costs the cost model has no field for: small next to any data step, so fixed figures are good enough.
 VALIDATE_SECONDS = 1.0
 DISCOVER_SECONDS = 5.0
@@ -61,6 +68,7 @@ class SizeInfo:
     disks: list[int]
     used: list[int] | None = None
     zero_fraction: float | None = None
+    files: int | None = None  # a data-only server's set: files and folders
 
     def data_bytes(self, default_zero_fraction: float) -> int:
         if self.used is not None:
@@ -132,6 +140,8 @@ def resolve_sizes(
         name = server.name
         if name in given:
             sizes[name], origin[name] = given[name], "given"
+        elif server.data is not None:
+            sizes[name], origin[name] = _data_sizes(server, sim)
         elif server.estimate is not None:
             disks = [int(d) for d in server.estimate.disks]
             used = [int(d * server.estimate.used_fraction) for d in disks]
@@ -146,6 +156,21 @@ def resolve_sizes(
         else:
             sizes[name], origin[name] = _assumed(sim), "assumed"
     return sizes, origin, problems
+
+
+def _data_sizes(server: Server, sim: SimulationModel) -> tuple[SizeInfo, str]:
+    """A data-only server's set, from its estimate (data_bytes and files, else disks x used_fraction)."""
+    estimate = server.estimate
+    if estimate is None:
+        assumed = _assumed(sim)
+        return SizeInfo(assumed.disks, assumed.used, assumed.zero_fraction, DEFAULT_FILES), "assumed"
+    total = (
+        int(estimate.data_bytes)
+        if estimate.data_bytes is not None
+        else int(sum(estimate.disks) * estimate.used_fraction)
+    )
+    files = estimate.files if estimate.files is not None else DEFAULT_FILES
+    return SizeInfo([total], [total], None, files), "estimate"
 
 
 def _assumed(sim: SimulationModel) -> SizeInfo:
@@ -182,6 +207,7 @@ class _ServerModel:
     group: str  # the source host whose link and limit it shares
     dns_ttl: int
     n_disks: int
+    files: int = 0  # a data-only server's files and folders (0 for a VM server)
 
 
 @dataclass(slots=True)
@@ -275,7 +301,7 @@ class _Simulator:
         size = self.sizes[server.name]
         disks = list(size.disks)
         used = list(size.used) if size.used is not None else None
-        if server.target.disks and len(server.target.disks) < len(disks):
+        if server.target is not None and server.target.disks and len(server.target.disks) < len(disks):
             # Only the mapped disks are copied; maps name source disks, matched here by position.
             keep = len(server.target.disks)
             disks, used = disks[:keep], used[:keep] if used is not None else None
@@ -296,6 +322,7 @@ class _Simulator:
             group=source_host(server),
             dns_ttl=max((r.ttl for r in server.dns_records), default=0),
             n_disks=max(1, len(disks)),
+            files=(size.files or 0) if server.data is not None else 0,
         )
 
     def _setup_bandwidth(self) -> None:
@@ -369,6 +396,9 @@ class _Simulator:
 
     def data_bytes(self, kind: str, server: _ServerModel, t: float) -> int:
         """Bytes a data step moves, decided when it starts (as the real pass decides from the block map)."""
+        if kind in FILES_KIND_AS:
+            per_file = FILE_FIRST_PASS_BYTES if kind == "mirror_files" else FILE_SCAN_BYTES
+            return self._files_bytes(kind, server, t) + server.files * per_file
         if kind == "mirror":
             return server.data_bytes
         name, records = server.name, self.records
@@ -377,6 +407,22 @@ class _Simulator:
             window = t - mirror.start if mirror is not None else server.sync_interval
         else:  # final_sync: what changed between the last pass and the moment writes stopped
             last = records.get(f"{name}/sync") or records.get(f"{name}/mirror")
+            quiesce = records.get(f"{name}/quiesce_source")
+            stopped = quiesce.start if quiesce is not None else t
+            interval = server.sync_interval
+            window = min(stopped - last.end, interval) if last is not None else interval
+        return int(min(server.change_rate * max(0.0, window), server.data_bytes))
+
+    def _files_bytes(self, kind: str, server: _ServerModel, t: float) -> int:
+        """A files pass's data, costed as its disk counterpart over the files kinds' own records."""
+        name, records = server.name, self.records
+        if kind == "mirror_files":
+            return server.data_bytes
+        if kind == "sync_files":
+            mirror = records.get(f"{name}/mirror_files")
+            window = t - mirror.start if mirror is not None else server.sync_interval
+        else:
+            last = records.get(f"{name}/sync_files") or records.get(f"{name}/mirror_files")
             quiesce = records.get(f"{name}/quiesce_source")
             stopped = quiesce.start if quiesce is not None else t
             interval = server.sync_interval
@@ -565,8 +611,11 @@ class _Simulator:
         state = "planned"
         for kind, word in (
             ("verify_replica", "cut over"),
+            ("final_files_pass", "cut over"),
             ("remap_nics", "ready for cutover"),
+            ("sync_files", "ready for cutover"),
             ("mirror", "replicating"),
+            ("mirror_files", "replicating"),
             ("discover_source", "preparing"),
         ):
             if kind in by_kind:
@@ -580,7 +629,7 @@ class _Simulator:
         return ServerSummary(
             name=server.name,
             source=f"{source.type}:{where}",
-            target=f"{server.target.provider}/{server.vm_name}",
+            target=_target_label(server),
             state=state,
             steps_done=len(timings),
             steps_total=total,
@@ -606,6 +655,13 @@ class _Simulator:
             "last pass and quiesce (at most one sync.interval), both at simulation.change_rate or the "
             "server's estimate",
         ]
+        data = [s.name for s in self.playbook.servers if s.data is not None]
+        if data:
+            notes.append(
+                f"{_count(data, 'data-only server')} ({_names(data)}): a first files pass costs "
+                f"{format_size(FILE_FIRST_PASS_BYTES)} of link time per file and folder on top of the data, "
+                f"a difference pass {format_size(FILE_SCAN_BYTES)} per entry for the scans; no VM steps"
+            )
         by_origin: dict[str, list[str]] = {}
         for name, origin in self.size_origin.items():
             by_origin.setdefault(origin, []).append(name)
@@ -629,6 +685,13 @@ class _Simulator:
         return notes
 
 
+def _target_label(server: Server) -> str:
+    if server.data is None:
+        return f"{server.target.provider}/{server.vm_name}"  # type: ignore[union-attr]
+    host = server.data.target_host
+    return "files:local" if host == "local" else f"files:{host.host}"
+
+
 def _downtime(by_kind: Mapping[str, StepTiming], ttl: int) -> dict[str, float]:
     """Where a server is unavailable: from quiesce until DNS points at the replica and caches expire.
 
@@ -645,8 +708,18 @@ def _downtime(by_kind: Mapping[str, StepTiming], ttl: int) -> dict[str, float]:
         "verify": "verify_replica",
         "dns_update": "update_dns",
     }
-    first = by_kind.get("quiesce_source")
-    if first is None or "verify_replica" not in by_kind or first.start is None:
+    if "final_files_pass" in by_kind:  # a data-only server: down from quiesce until the final pass ends
+        parts = {
+            "quiesce": "quiesce_source",
+            "final_delta": "final_files_pass",
+            "shutdown": "shutdown_source",
+            "dns_update": "update_dns",
+        }
+        up = "final_files_pass"
+    else:
+        up = "verify_replica"
+    first = by_kind.get("quiesce_source") or by_kind.get("final_files_pass")
+    if first is None or up not in by_kind or first.start is None:
         return {}
     breakdown: dict[str, float] = {}
     last_end = first.start

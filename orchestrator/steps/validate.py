@@ -19,11 +19,13 @@ class ValidateServer(Step):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         server = ctx.server
-        name = server.target.provider
-        inventory = ctx.provider(name).inventory()
+        inventories = {}
+        if server.target is not None:  # a data-only server's target is a running host, no provider
+            name = server.target.provider
+            inventories[name] = ctx.provider(name).inventory()
         findings = [
             f
-            for f in validation.validate(ctx.playbook, inventories={name: inventory})
+            for f in validation.validate(ctx.playbook, inventories=inventories)
             if f.server == server.name and f.rule_id != "vm.exists_on_target"
         ]
         critical = [f for f in findings if f.severity == "critical"]

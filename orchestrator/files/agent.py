@@ -1,0 +1,161 @@
+"""The files agent: walks, reads and writes trees on a source or target host for a data-only migration.
+
+Shipped and started exactly as the disk agent is (orchestrator/mirror/agent_bundle.py: ``python3 -c
+BOOTSTRAP N``, then the program), with the same framed protocol and handshake; standard-library only.
+Requests (JSON REQUEST frames), each answered by batches and then one RESULT:
+
+* ``scan`` {pairs: [[root, rule_root]], rules, xattrs} -> ENTRIES batches of (pair, *Entry);
+* ``read`` {roots, block_size, retries}, then OPS batches of (pair, rel, sparse, theirs) ended by an
+  empty one -> PIECES batches (see tree.read_items);
+* ``hashes`` {roots, block_size}, then OPS batches of (pair, rel) -> HASHES batches of (pair, rel, digests);
+* ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written}.
+
+Paths travel as hex in JSON and as bytes in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from typing import Any
+
+from orchestrator import __version__ as AGENT_VERSION
+from orchestrator.files import codec
+from orchestrator.files.rules import RuleSet, make_rule
+from orchestrator.files.tree import Applier, TreeWriter, block_hashes, join, problem_text, read_items, scan
+from orchestrator.mirror import protocol as wire
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"hvmigrate files agent on {wire.this_host()}: {message}\n")
+    sys.stderr.flush()
+
+
+def unhex(value: str) -> bytes:
+    return bytes.fromhex(value)
+
+
+def rules_from(request: dict[str, Any]) -> RuleSet:
+    return RuleSet(make_rule(unhex(p), bool(inc), bool(rec)) for p, inc, rec in request["rules"])
+
+
+class FilesAgent:
+    def __init__(self, channel: wire.FrameChannel) -> None:
+        self.channel = channel
+
+    def serve(self) -> int:
+        channel = self.channel
+        mine = wire.hello(wire.this_host(), AGENT_VERSION, role="files-agent")
+        channel.send_json(wire.HELLO, mine)
+        try:
+            frame = channel.receive()
+        except wire.StreamClosed:
+            return 0
+        if frame.type != wire.HELLO or frame.json().get("protocol") != wire.PROTOCOL_VERSION:
+            self._error(wire.version_mismatch(mine, frame.json()) if frame.type == wire.HELLO else "no HELLO")
+            return 3
+        while True:
+            try:
+                frame = channel.receive()
+            except wire.StreamClosed:
+                return 0
+            if frame.type == wire.BYE:
+                return 0
+            request = frame.json()
+            op = request.pop("op", None)
+            try:
+                handler = getattr(self, f"op_{op}", None)
+                if handler is None:
+                    raise ValueError(f"unknown request {op!r}: this files agent is {AGENT_VERSION}")
+                channel.send_json(wire.RESULT, handler(request))
+            except Exception as exc:
+                traceback.print_exc()
+                self._error(f"files agent failure in {op}: {type(exc).__name__}: {exc}")
+                return 1
+
+    def _error(self, message: str) -> None:
+        with contextlib.suppress(wire.StreamClosed):
+            self.channel.send_json(
+                wire.ERROR, {"message": message, "kind": "MirrorError", "retryable": False}
+            )
+
+    def _batches(self) -> Any:
+        """The OPS batches the orchestrator streams after a request, up to the empty one."""
+        while True:
+            frame = self.channel.receive()
+            if frame.type != codec.OPS:
+                raise wire.ProtocolError(f"expected OPS, got {frame.name}")
+            if not frame.payload:
+                return
+            yield from codec.decode(frame.payload)
+
+    def op_scan(self, request: dict[str, Any]) -> dict[str, Any]:
+        rules = rules_from(request)
+        out = codec.Batcher(self.channel, codec.ENTRIES)
+        problems: list = []
+        for index, (root, rule_root) in enumerate(request["pairs"]):
+            for entry in scan(
+                unhex(root), rules, unhex(rule_root), xattrs=request["xattrs"], problems=problems
+            ):
+                out.add((index, *entry))
+        out.flush()
+        return {"problems": [[p.path.hex(), p.message] for p in problems]}
+
+    def op_read(self, request: dict[str, Any]) -> dict[str, Any]:
+        roots = [unhex(r) for r in request["roots"]]
+        items = list(self._batches())
+        out = codec.Batcher(self.channel, codec.PIECES)
+        read_items(roots, items, out.add, block_size=request["block_size"], retries=request["retries"])
+        out.flush()
+        return {}
+
+    def op_hashes(self, request: dict[str, Any]) -> dict[str, Any]:
+        roots = [unhex(r) for r in request["roots"]]
+        out = codec.Batcher(self.channel, codec.HASHES)
+        problems = []
+        for pair, rel in list(self._batches()):
+            try:
+                out.add((pair, rel, tuple(block_hashes(join(roots[pair], rel), request["block_size"]))))
+            except OSError as exc:
+                problems.append([pair, rel.hex(), problem_text(exc)])
+        out.flush()
+        return {"problems": problems}
+
+    def op_apply(self, request: dict[str, Any]) -> dict[str, Any]:
+        writers = [
+            TreeWriter(
+                unhex(r),
+                owners=request["owners"],
+                xattrs=request["xattrs"],
+                durable=request.get("durable", True),
+            )
+            for r in request["roots"]
+        ]
+        applier = Applier(writers)
+        try:
+            for op in self._batches():
+                applier.apply(op)
+        finally:
+            applier.finish()
+        return {"problems": [[p, r.hex(), m] for p, r, m in applier.problems], "written": applier.written}
+
+
+def main() -> int:
+    protocol_out = os.dup(1)
+    os.dup2(2, 1)
+    for fd in (0, protocol_out):
+        wire.widen_pipe(fd)
+    channel = wire.FrameChannel(wire.FdStream(0, protocol_out, "the orchestrator"), "the orchestrator")
+    try:
+        return FilesAgent(channel).serve()
+    except wire.StreamClosed as exc:
+        log(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
