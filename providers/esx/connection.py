@@ -322,6 +322,48 @@ class Connection:
             return response.status, data
         raise AssertionError("unreachable")
 
+    def _send(self, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any, bytes]:
+        """One authenticated request (logged in again once on 401/403); (status, headers, body read)."""
+        for attempt in (1, 2):
+            stub = self.stub
+            stub.ensure_login()
+            generation = stub._session_generation
+            conn = http.client.HTTPSConnection(
+                self.config.host, self.config.port, context=self._context, timeout=self.config.api_timeout
+            )
+            try:
+                conn.request(method, path, body=body, headers={**headers, "Cookie": stub.soapStub.cookie})
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                raise self.failure(exc, f"{method} {path.split('?')[0]}") from None
+            finally:
+                conn.close()
+            if response.status in (401, 403) and attempt == 1 and not hasattr(body, "__next__"):
+                stub.expire(generation)
+                continue
+            return response.status, response.headers, data
+        raise AssertionError("unreachable")
+
+    def stream_put(self, path: str, chunks: Any, size: int) -> int:
+        """PUT ``size`` bytes from the iterator ``chunks`` (never held in memory whole); the status."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        status, _, _ = self._send("PUT", path, chunks, headers)
+        return status
+
+    def remote_size(self, path: str) -> int | None:
+        """The size of a datastore file (HEAD), None when it does not exist."""
+        status, headers, _ = self._send("HEAD", path, None, {})
+        if status != 200:
+            return None
+        length = headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else None
+
+    def get_range(self, path: str, offset: int, length: int) -> tuple[int, bytes]:
+        """Bytes ``offset`` to ``offset + length`` of a datastore file: (206, them) when the server honours
+        Range, (200, the whole file) when it does not."""
+        return self._send("GET", path, None, {"Range": f"bytes={offset}-{offset + length - 1}"})[::2]
+
     def datastore_path_url(self, datacenter: str, datastore: str, path: str) -> str:
         """The /folder URL of ``path`` inside ``datastore`` (the datastore HTTP file interface)."""
         query = urlencode({"dcPath": datacenter, "dsName": datastore})

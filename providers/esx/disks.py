@@ -9,7 +9,9 @@ again. A VMDK at that path without a marker is somebody else's: never returned, 
 The marker also records the size: a VMDK descriptor holds it too on a real ESXi, but reading it back
 means parsing descriptors, and vcsim writes empty ones. Deleting a disk removes its whole folder, so
 the mirror's block map beside a flat file goes with it (a stale one would make a new disk of the same
-name look already copied).
+name look already copied). The ``<disk_folder>`` above them is removed with its last disk when the tool
+made it (it holds ``hvmigrate-folder.json`` then), so an undo leaves the datastore as it found it; one an
+administrator made stays.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .inventory import Scope
 from .tasks import run_task
 
 MARKER_SUFFIX = ".hvmigrate.json"
+FOLDER_MARKER = "hvmigrate-folder.json"  # in a disk_folder the tool made itself
 DISK_TYPES = {"thin": "thin", "thick": "preallocated", "eager_zeroed": "eagerZeroedThick"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 _DS_PATH_RE = re.compile(r"^\[(?P<ds>[^\]]+)\] (?P<path>.+)$")
@@ -256,15 +259,8 @@ class DiskStore:
             )
         if exists:
             self._delete_vmdk(place)
-        file_manager = self.conn.content.fileManager
-        run_task(
-            self.conn,
-            lambda: file_manager.DeleteDatastoreFile_Task(
-                name=place.folder_path, datacenter=self.scope.datacenter
-            ),
-            f"removing the folder {place.folder_path}",
-            self.timeout,
-        )
+        self._delete_folder(place.folder_path)
+        self._remove_disk_folder_if_done(place.datastore)
 
     # ------------------------------------------------------------ internals
 
@@ -277,11 +273,57 @@ class DiskStore:
             self.timeout,
         )
 
+    def _delete_folder(self, folder_path: str) -> None:
+        file_manager = self.conn.content.fileManager
+        run_task(
+            self.conn,
+            lambda: file_manager.DeleteDatastoreFile_Task(name=folder_path, datacenter=self.scope.datacenter),
+            f"removing the folder {folder_path}",
+            self.timeout,
+        )
+
+    def _listing(self, datastore: str, folder: str) -> list[str] | None:
+        """Names in ``[datastore] folder`` (the datastore browser), None when the folder does not exist."""
+        store, _ = self.scope.datastore(datastore)
+        browser = self.conn.call(lambda: store.browser, f"reading the browser of datastore {datastore}")
+        spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=["*"])
+        try:
+            found = run_task(
+                self.conn,
+                lambda: browser.SearchDatastore_Task(
+                    datastorePath=f"[{datastore}] {folder}", searchSpec=spec
+                ),
+                f"listing [{datastore}] {folder}",
+                self.timeout,
+            )
+        except NotFound:
+            return None
+        return [f.path for f in (found.file or ())] if found is not None else []
+
+    def _remove_disk_folder_if_done(self, datastore: str) -> None:
+        """The disk_folder goes with its last disk when the tool made it (it holds only FOLDER_MARKER)."""
+        names = self._listing(datastore, self.disk_folder)
+        if names != [FOLDER_MARKER]:
+            return
+        self._delete_folder(f"[{datastore}] {self.disk_folder}")
+
     def _make_folder(self, place: DiskPlace) -> None:
+        if self._listing(place.datastore, self.disk_folder) is None:
+            self._make_directory(f"[{place.datastore}] {self.disk_folder}")
+            marker = {"owner": "hvmigrate", "provider": self.provider, "made": time.time()}
+            self.conn.write_datastore_file(
+                self.scope.datacenter_name,
+                place.datastore,
+                f"{self.disk_folder}/{FOLDER_MARKER}",
+                json.dumps(marker).encode(),
+            )
+        self._make_directory(place.folder_path)
+
+    def _make_directory(self, folder_path: str) -> None:
         manager = self.conn.content.fileManager
         try:
             manager.MakeDirectory(
-                name=place.folder_path, datacenter=self.scope.datacenter, createParentDirectories=True
+                name=folder_path, datacenter=self.scope.datacenter, createParentDirectories=True
             )
         except vim.fault.FileAlreadyExists:
             pass
@@ -289,4 +331,4 @@ class DiskStore:
             # vcsim answers an existing folder with CannotCreateFile; a real ESXi with FileAlreadyExists
             if isinstance(exc, vim.fault.CannotCreateFile) and "exist" in str(exc).lower():
                 return
-            raise self.conn.failure(exc, f"creating the folder {place.folder_path}") from None
+            raise self.conn.failure(exc, f"creating the folder {folder_path}") from None

@@ -153,6 +153,7 @@ class Scope:
                         "name one with datacenter:"
                     )
                 self._datacenter = found[0][0]
+                self._datacenter_name = found[0][1]["name"]
             else:
                 match = [obj for obj, props in found if props["name"] == self._datacenter_name]
                 if not match:
@@ -165,7 +166,10 @@ class Scope:
 
     @property
     def datacenter_name(self) -> str:
-        return self.conn.call(lambda: self.datacenter.name, "reading the datacenter")
+        """The configured name, or the only datacenter's (read once: every datastore URL names it)."""
+        if self._datacenter_name is None:
+            self._datacenter_name = self.conn.call(lambda: self.datacenter.name, "reading the datacenter")
+        return self._datacenter_name
 
     def named(self, kind: type, paths: list[str] | None = None) -> dict[str, tuple[Any, dict[str, Any]]]:
         """Objects of ``kind`` in the datacenter by name (first wins on duplicates, as the UI shows)."""

@@ -6,11 +6,17 @@ the VM. It never touches what it did not create: VMs carry ``hvmigrate.owner`` i
 disks an ownership marker beside them (disks.py); anything else of the same name is refused, never adopted,
 changed or removed. An appliance VM named in the provider config is used, never removed.
 
-The data plane writes a replica disk through the recovery appliance it is hot-added to. This build has
-no writer inside an appliance yet: when the datastore is a folder on this machine (vcsim's datastores are),
-the endpoint is the disk's ``-flat.vmdk`` itself, written in-process; it stands for the disk as the
-appliance sees it after the hot-add. Any other datastore gets a ``block`` endpoint naming the appliance's
-SCSI slot, and `writer_location` says that the in-appliance writer is not built yet.
+The data plane writes a replica disk through the recovery appliance it is hot-added to (ReconfigVM with
+an existing-disk backing; never SCSI 0:0, which holds the appliance's own disk; controllers added as
+needed, SCSI first, then SATA, up to MAX_DISKS_PER_APPLIANCE, the planner's slots). The provider's
+``disk_writer`` says how that disk is written:
+
+- ``appliance`` (the default): a ``block`` endpoint naming the appliance and the disk's ``bus:unit``; the
+  writer inside the appliance is not built yet, so `writer_location` says so in one line;
+- ``datastore_path`` (test beds): the datastore is a folder on this machine, as vcsim's are, and the
+  endpoint is the VMDK's ``-flat.vmdk`` there, written in-process. The disk is hot-added all the same, so
+  the appliance's configuration is what it would be; the flat file stands for the device the appliance
+  sees. A datastore that is not a local folder is refused with this mode, never written some other way.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from orchestrator.playbook.models import EsxProviderConfig
 from providers.base import (
@@ -207,6 +213,14 @@ class EsxProvider:
             datastore = request.datastore or self._default_datastore()
             return self.disks.clone(source, request, self._free(datastore))
 
+    def upload_disk(self, image: Path, request: DiskRequest, progress: Any = None) -> DiskRef:
+        """The cold path (upload.py): a finished image uploaded as a flat VMDK, no appliance needed."""
+        from .upload import Uploader
+
+        with self._lock:
+            datastore = request.datastore or self._default_datastore()
+            return Uploader(self.disks).upload(Path(image), request, self._free(datastore), progress)
+
     def _vm_disks(self) -> dict[str, str]:
         """Datastore path of every VMDK any VM of the datacenter uses -> that VM's name."""
         from .inventory import collect
@@ -222,6 +236,22 @@ class EsxProvider:
                     if path:
                         users.setdefault(path, props["name"])
         return users
+
+    def _other_user(self, path: str, skip: vim.VirtualMachine) -> str | None:
+        """The VM other than ``skip`` that uses the VMDK at ``path``, or None. Only VMs with files on
+        that datastore are read (``VirtualMachine.datastore``), so a hot-add to an appliance already
+        holding many disks does not read every VM's devices again."""
+        from .inventory import collect
+
+        datastore, _ = split_datastore_path(path)
+        store, _ = self.scope.datastore(datastore)
+        found = collect(self.connection, self.scope.datacenter, vim.VirtualMachine, ["name", "datastore"])
+        for vm, props in found:
+            if vm._moId == skip._moId or store._moId not in {d._moId for d in props.get("datastore") or ()}:
+                continue
+            if _disk_at(self._devices(vm, f"reading the devices of VM {props['name']}"), path) is not None:
+                return str(props["name"])
+        return None
 
     def _user_of(self, path: str) -> str | None:
         user = self._vm_disks().get(path)
@@ -274,6 +304,9 @@ class EsxProvider:
                 lambda: template[0].CloneVM_Task(folder=folder, name=name, spec=spec),
                 f"cloning appliance {name} from template {self.config.appliance_template}",
             )
+            clone = vim.VirtualMachine(result._moId, self.connection.stub)
+            # Powered on as its own task (not CloneSpec.powerOn): the writer inside it must run.
+            self._task(lambda: clone.PowerOnVM_Task(), f"powering on appliance {name}")
             return ApplianceRef(self.name, result._moId, name, host)
 
     def find_appliance(self, host: str, name: str) -> ApplianceRef | None:
@@ -343,6 +376,14 @@ class EsxProvider:
         Idempotent: a disk already on this appliance gives the same endpoint again.
         """
         if appliance is None:
+            if self.config.disk_writer == "datastore_path":  # this machine writes the datastore's files
+                place = self.disks.place_of(disk)
+                if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
+                    raise NotFound(
+                        f"disk {disk.name} does not exist on datastore {place.datastore}; create it first"
+                    )
+                transport = {"vmdk": place.path, "disk_writer": self.config.disk_writer}
+                return self._flat_endpoint(disk, place, transport)
             raise ProviderError(
                 f"disk {disk.name}: ESX has no writer on the host itself; use target.appliance: shared or "
                 "dedicated with a recovery appliance"
@@ -354,26 +395,43 @@ class EsxProvider:
                     f"disk {disk.name} does not exist on datastore {place.datastore}; create it first"
                 )
             vm, _ = self._appliance_vm(appliance)
-            mine = self._device_for(vm, place.path)
+            devices = self._devices(vm, "reading the appliance's devices")
+            mine = _disk_at(devices, place.path)
             if mine is None:
-                user = self._vm_disks().get(place.path)
+                user = self._other_user(place.path, vm)
                 if user:
                     raise ProviderError(
                         f"disk {disk.name} is attached to VM {user}; the data plane cannot write a disk "
                         "another VM uses: detach it there (or delete that VM, disks are kept) first"
                     )
-                mine = self._hot_add(vm, appliance, place.path, disk.size)
-            slot = hardware.scsi_slot(vm, mine)
+                mine, devices = self._hot_add(vm, appliance, devices, place.path, disk.size)
+            slot = hardware.scsi_slot(devices, mine)
         return self._endpoint(appliance, disk, place, slot)
 
     def _device_for(self, vm: vim.VirtualMachine, path: str) -> vim.vm.device.VirtualDisk | None:
-        devices = self.connection.call(lambda: hardware.disks_of(vm), "reading the appliance's disks")
-        return next((d for d in devices if hardware.backing_path(d) == path), None)
+        return _disk_at(self._devices(vm, "reading the appliance's disks"), path)
 
-    def _hot_add(self, vm: vim.VirtualMachine, appliance: ApplianceRef, path: str, size: int) -> Any:
-        devices = self.connection.call(
-            lambda: list(vm.config.hardware.device), "reading the appliance's devices"
+    def _devices(self, vm: vim.VirtualMachine, what: str) -> list[Any]:
+        """The VM's devices alone: reading ``vm.config`` whole costs a large SOAP answer per call."""
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=vm, skip=False)],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(
+                    type=vim.VirtualMachine, pathSet=["config.hardware.device"], all=False
+                )
+            ],
         )
+
+        def read() -> list[Any]:
+            found = self.connection.content.propertyCollector.RetrieveContents([spec])
+            return [d for item in found or () for p in item.propSet or () for d in p.val or ()]
+
+        return self.connection.call(read, what)
+
+    def _hot_add(
+        self, vm: vim.VirtualMachine, appliance: ApplianceRef, devices: list[Any], path: str, size: int
+    ) -> tuple[Any, list[Any]]:
+        """The disk device now at ``path`` on the appliance, and the appliance's devices after the add."""
         disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
         if (
             sum(1 for d in disks if self._is_replica_path(hardware.backing_path(d)))
@@ -384,53 +442,66 @@ class EsxProvider:
                 "attached (the "
                 "limit); use appliance: dedicated or wait for a detach"
             )
-        controllers = sorted(
-            (d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)),
-            key=lambda c: c.busNumber,
-        )
-        specs = []
+        specs: list[Any] = []
         slot: tuple[int, int] | None = None
-        for controller in controllers:
-            used = {d.unitNumber for d in disks if d.controllerKey == controller.key}
-            if controller.busNumber == 0:
-                used.add(0)  # the appliance's own disk sits on 0:0, always
-            free = hardware.scsi_units(used)
-            if free:
-                slot = (controller.key, free[0])
+        for kind in (self.config.scsi_controller, "sata"):  # SCSI first; SATA once four SCSI are full
+            slot = _free_slot(devices, disks, kind)
+            if slot is not None:
+                break
+            controller = _new_controller(devices, kind)
+            if controller is not None:
+                specs.append(hardware.add(controller))
+                own_disk = kind != "sata" and controller.busNumber == 0
+                slot = (controller.key, 1 if own_disk else 0)
                 break
         if slot is None:
-            buses = {c.busNumber for c in controllers}
-            free_buses = [b for b in range(hardware.MAX_CONTROLLERS) if b not in buses]
-            if not free_buses:
-                raise ProviderError(
-                    f"appliance {appliance.name} has no free SCSI slot left; detach disks first"
-                )
-            controller = hardware.new_controller(self.config.scsi_controller, free_buses[0], -200)
-            specs.append(hardware.add(controller))
-            slot = (-200, 0 if free_buses[0] else 1)
+            raise ProviderError(
+                f"appliance {appliance.name} has no free SCSI or SATA slot left; detach disks first"
+            )
         specs.append(hardware.add(hardware.disk_device(path, size, slot[0], slot[1], -201)))
         self._task(
             lambda: vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=specs)),
             f"hot-adding disk {path} to appliance {appliance.name}",
         )
-        added = self._device_for(vm, path)
+        devices = self._devices(vm, "reading the appliance's devices")
+        added = _disk_at(devices, path)
         if added is None:
             raise ProviderError(
                 f"appliance {appliance.name} did not take disk {path}; check its tasks in vCenter"
             )
-        return added
+        return added, devices
 
     def _endpoint(self, appliance: ApplianceRef, disk: DiskRef, place: Any, slot: str) -> DiskEndpoint:
-        transport = {"appliance": appliance.name, "scsi": slot, "vmdk": place.path}
+        transport = {
+            "appliance": appliance.name,
+            "scsi": slot,
+            "vmdk": place.path,
+            "disk_writer": self.config.disk_writer,
+        }
+        if self.config.disk_writer == "appliance":
+            return DiskEndpoint("block", f"scsi:{slot}", disk.size, host=appliance.name, transport=transport)
+        return self._flat_endpoint(disk, place, transport)
+
+    def _flat_endpoint(self, disk: DiskRef, place: Any, transport: dict[str, Any]) -> DiskEndpoint:
+        """disk_writer: datastore_path: the VMDK's flat file in the datastore's local folder."""
         local = self._local_datastore_dir(place.datastore)
-        if local is not None:
-            # The flat file stands for the disk inside the appliance (see the module docstring). vcsim's
-            # CreateVirtualDisk leaves it empty where ESXi sizes it: size it as ESXi would, sparse.
-            flat = local / place.flat
-            if flat.exists() and flat.stat().st_size < disk.size:
-                os.truncate(flat, disk.size)
-            return DiskEndpoint("file", str(flat), disk.size, transport=transport)
-        return DiskEndpoint("block", f"scsi:{slot}", disk.size, host=appliance.name, transport=transport)
+        if local is None:
+            raise ProviderError(
+                f"disk {disk.name}: disk_writer: datastore_path needs datastore {place.datastore} to be a "
+                "folder on this machine (a test bed such as vcsim), and it is not; use disk_writer: appliance"
+            )
+        # The flat file stands for the disk inside the appliance (see the module docstring). vcsim's
+        # CreateVirtualDisk leaves it empty where ESXi sizes it: size it as ESXi would, sparse.
+        flat = local / place.flat
+        if not flat.exists():
+            raise ProviderError(
+                f"disk {disk.name}: {flat} is missing; the datastore folder does not hold the VMDK's "
+                "flat file"
+            )
+        if flat.stat().st_size < disk.size:
+            os.truncate(flat, disk.size)
+        transport["datastore_path"] = str(flat)
+        return DiskEndpoint("file", str(flat), disk.size, transport=transport)
 
     def _local_datastore_dir(self, datastore: str) -> Path | None:
         """The datastore's folder when it is a directory on this machine (vcsim), else None."""
@@ -444,13 +515,14 @@ class EsxProvider:
         return path if path.is_dir() else None
 
     def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
-        """None for a flat file on this machine; the in-appliance writer for ``block`` is not built yet."""
+        """None for a datastore_path flat file on this machine; the in-appliance writer for ``block`` is
+        not built yet."""
         if endpoint.kind == "file":
             return None
         raise ProviderError(
-            f"disk {endpoint.transport.get('vmdk')} is attached to appliance {endpoint.host} at SCSI "
-            f"{endpoint.transport.get('scsi')}, but writing through the appliance's own agent is not built "
-            "yet (ESX issue, next milestone)"
+            f"disk {endpoint.transport.get('vmdk')} is attached to appliance {endpoint.host} at "
+            f"{endpoint.transport.get('scsi')}, but the writer inside an ESX appliance is not built yet; "
+            "on a test bed whose datastores are local folders (vcsim) set disk_writer: datastore_path"
         )
 
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:
@@ -612,10 +684,11 @@ class EsxProvider:
             disks = [
                 {
                     "path": hardware.backing_path(d),
-                    "slot": hardware.scsi_slot(obj, d),
+                    "slot": hardware.scsi_slot(config.hardware.device, d),
                     "size": d.capacityInKB * 1024,
                 }
-                for d in hardware.disks_of(obj)
+                for d in config.hardware.device
+                if isinstance(d, vim.vm.device.VirtualDisk)
             ]
             controllers = [
                 {"type": type(d).__name__.rsplit(".", 1)[-1], "bus": d.busNumber}
@@ -635,7 +708,20 @@ class EsxProvider:
                 "tags": extra_config(config.extraConfig),
             }
 
-        return self.connection.call(read, f"reading VM {vm.name}")
+        details = self.connection.call(read, f"reading VM {vm.name}")
+        keys = [
+            n["network"] for n in details["nics"] if n["network"] and n["network"].startswith("dvportgroup")
+        ]
+        if keys:  # a distributed port group is named by its key on the NIC: give its name too
+            names = {
+                self.connection.call(lambda o=obj: o.key, "reading a port group"): name
+                for name, (obj, facts) in self.scope.port_groups().items()
+                if facts.distributed
+            }
+            for nic in details["nics"]:
+                if nic["network"] in names:
+                    nic["portgroup_key"], nic["network"] = nic["network"], names[nic["network"]]
+        return details
 
     def delete_vm(self, vm: VmRef) -> None:
         """Refuses a running VM. Detaches its disks first, so Destroy_Task (which deletes a VM's disks
@@ -718,8 +804,48 @@ class EsxProvider:
                 )
             time.sleep(min(BOOT_POLL, max(0.0, deadline - time.monotonic())))
 
+    def open_vm_source(self, server: str, vm: str, config: Any = None) -> Any:
+        """A VM of this provider as the source of ``server`` (providers/esx/source.py)."""
+        from orchestrator.playbook.models import VmSource
+
+        from .source import EsxVmSource
+
+        return EsxVmSource(server, self, config or VmSource(type="vm", provider=self.name, vm=vm))
+
     def close(self) -> None:
         self.connection.close()
+
+
+def _disk_at(devices: list[Any], path: str) -> Any:
+    """The disk device backed by the VMDK at ``path`` among ``devices``, or None."""
+    disks = (d for d in devices if isinstance(d, vim.vm.device.VirtualDisk))
+    return next((d for d in disks if hardware.backing_path(d) == path), None)
+
+
+def _free_slot(devices: list[Any], disks: list[Any], kind: str) -> tuple[int, int] | None:
+    """(controller key, unit) of the first free slot on the appliance's controllers of ``kind``; SCSI 0:0
+    is never free: it is the appliance's own disk, even when that disk sits elsewhere."""
+    base = vim.vm.device.VirtualSATAController if kind == "sata" else vim.vm.device.VirtualSCSIController
+    controllers = sorted((d for d in devices if isinstance(d, base)), key=lambda c: c.busNumber)
+    for controller in controllers:
+        used = {d.unitNumber for d in disks if d.controllerKey == controller.key}
+        if kind == "sata":
+            free = sorted(set(range(hardware.UNITS_PER_SATA)) - used)
+        else:
+            if controller.busNumber == 0:
+                used.add(0)
+            free = hardware.scsi_units(used)
+        if free:
+            return controller.key, free[0]
+    return None
+
+
+def _new_controller(devices: list[Any], kind: str) -> Any:
+    """A new controller of ``kind`` on the next free bus (None when all four are taken)."""
+    base = vim.vm.device.VirtualSATAController if kind == "sata" else vim.vm.device.VirtualSCSIController
+    buses = {d.busNumber for d in devices if isinstance(d, base)}
+    free = [b for b in range(hardware.MAX_CONTROLLERS) if b not in buses]
+    return hardware.new_controller(kind, free[0], -200) if free else None
 
 
 def _owner_options(provider: str, role: str, tags: dict[str, str]) -> list[vim.option.OptionValue]:

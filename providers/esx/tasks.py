@@ -42,7 +42,7 @@ def fault_error(fault: Any, what: str) -> ProviderError:
             f"{what}: permission denied, the user lacks {privilege}; grant it to the provider's user "
             "in vCenter (Administration > Roles) or use another user"
         )
-    if isinstance(fault, (vim.fault.InsufficientDiskSpace, vim.fault.NoDiskSpace)) or (
+    if isinstance(fault, (vim.fault.InsufficientStorageSpace, vim.fault.NoDiskSpace)) or (
         isinstance(fault, vim.fault.FileFault) and "space" in detail.lower()
     ):
         datastore = getattr(fault, "datastore", None) or ""

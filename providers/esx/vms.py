@@ -165,9 +165,9 @@ def backing_path(disk: vim.vm.device.VirtualDisk) -> str | None:
     return getattr(disk.backing, "fileName", None)
 
 
-def scsi_slot(vm: Any, disk: vim.vm.device.VirtualDisk) -> str:
-    """``bus:unit`` of a disk, as the guest sees it on its controller (``sata1:3`` for SATA)."""
-    for device in vm.config.hardware.device:
+def scsi_slot(devices: Any, disk: vim.vm.device.VirtualDisk) -> str:
+    """``bus:unit`` of a disk among a VM's ``devices``, as the guest sees it (``sata1:3`` for SATA)."""
+    for device in devices:
         if device.key == disk.controllerKey:
             prefix = "sata" if isinstance(device, vim.vm.device.VirtualSATAController) else ""
             return f"{prefix}{device.busNumber}:{disk.unitNumber}"

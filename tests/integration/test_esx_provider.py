@@ -77,38 +77,7 @@ def datastore_dir(admin: Any, name: str) -> Path:
         view.Destroy()
 
 
-def make_appliance(admin: Any, name: str, *, power_on: bool = True) -> Any:
-    """An appliance VM as an administrator deploys one: its own disk on SCSI 0:0 (pvscsi)."""
-    from pyVmomi import vim
-
-    content = admin.content
-    dc = content.rootFolder.childEntity[0]
-    cluster = next(c for c in dc.hostFolder.childEntity if c.name == "DC0_C0")
-    controller = vim.vm.device.ParaVirtualSCSIController(key=-1, busNumber=0, sharedBus="noSharing")
-    disk = vim.vm.device.VirtualDisk(
-        key=-2,
-        controllerKey=-1,
-        unitNumber=0,
-        capacityInKB=1024,
-        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", fileName="[LocalDS_0]"),
-    )
-    spec = vim.vm.ConfigSpec(
-        name=name,
-        numCPUs=1,
-        memoryMB=256,
-        guestId="otherLinux64Guest",
-        files=vim.vm.FileInfo(vmPathName="[LocalDS_0]"),
-        deviceChange=[
-            vim.vm.device.VirtualDeviceSpec(operation="add", device=controller),
-            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk),
-        ],
-    )
-    task = dc.vmFolder.CreateVM_Task(config=spec, pool=cluster.resourcePool)
-    wait(task)
-    vm = task.info.result
-    if power_on:
-        wait(vm.PowerOnVM_Task())
-    return vm
+make_appliance = vcsim_service.deploy_appliance
 
 
 def wait(task: Any) -> Any:
@@ -386,7 +355,7 @@ def test_appliance_attach_two_disks_mirror_and_detach(vcenter_sim: Any, admin: A
     from providers.base import AgentLocation
 
     appliance_vm = make_appliance(admin, "hvm-appliance")
-    provider = make_provider(vcenter_sim, appliance="hvm-appliance")
+    provider = make_provider(vcenter_sim, appliance="hvm-appliance", disk_writer="datastore_path")
     try:
         host = provider.host_for(None)
         appliance = provider.find_appliance(host, "hvm-appliance-DC0_C0-0")
@@ -402,8 +371,15 @@ def test_appliance_attach_two_disks_mirror_and_detach(vcenter_sim: Any, admin: A
         assert len(own) == 3 and own[0].unitNumber == 0  # the appliance's own disk stays on 0:0
         assert [e.transport["scsi"] for e in endpoints] == ["0:1", "0:2"]
         assert all(e.kind == "file" and provider.writer_location(e) is None for e in endpoints)
+        assert all(e.transport["disk_writer"] == "datastore_path" for e in endpoints)
         with pytest.raises(ProviderError, match="still has 2 replica disk"):
             provider.release_appliance(appliance)
+        held = provider.create_disk(DiskRequest("app-held", MiB, "vmdk", "LocalDS_1"))
+        holder = provider.create_vm(VmRequest("holder", None, 1, 256 * MiB, "bios", (held,), ()))
+        with pytest.raises(ProviderError, match="disk app-held is attached to VM holder"):
+            provider.attach_disk(appliance, held)  # another VM's disk is never written
+        provider.delete_vm(holder)
+        provider.delete_disk(held)
 
         source = vcenter_sim.directory / "source.raw"
         payload = os.urandom(3 * MiB) + bytes(MiB)
@@ -450,6 +426,7 @@ def test_appliance_cloned_from_a_template_is_released_with_its_vm(vcenter_sim: A
         assert provider.provision_appliance(host, "hvm-appliance-h0") == appliance
         assert provider.find_appliance(host, "hvm-appliance-h0") == appliance
         assert provider.find_vm("hvm-appliance-h0") is None  # an appliance is no replica
+        assert admin_vm(admin, "hvm-appliance-h0").runtime.powerState == "poweredOn"
         disk = provider.create_disk(DiskRequest("tpl-disk", MiB, "vmdk", "LocalDS_0"))
         endpoint = provider.attach_disk(appliance, disk)
         assert endpoint.transport["scsi"] == "0:1"
@@ -460,3 +437,87 @@ def test_appliance_cloned_from_a_template_is_released_with_its_vm(vcenter_sim: A
         provider.delete_disk(disk)
     finally:
         provider.close()
+
+
+def test_appliance_takes_sixty_disks_never_on_its_own_slot_and_keeps_its_disk(
+    vcenter_sim: Any, admin: Any
+) -> None:
+    """The planner's 60 slots: SCSI 0:0 stays the appliance's own disk, four SCSI controllers give 59
+    more, the 60th goes on a SATA controller, the 61st is refused. With the default disk_writer the
+    endpoint names the appliance and the slot, and the missing in-appliance writer says so."""
+    appliance_vm = make_appliance(admin, "hvm-appliance-60")
+    own = next(d for d in appliance_vm.config.hardware.device if d.__class__.__name__.endswith("VirtualDisk"))
+    own_file = own.backing.fileName
+    provider = make_provider(vcenter_sim, appliance="hvm-appliance-60")
+    disks = [provider.create_disk(DiskRequest(f"slot-{i}", MiB, "vmdk", "LocalDS_1")) for i in range(61)]
+    try:
+        appliance = provider.provision_appliance(provider.host_for(None), "hvm-appliance-60")
+        endpoints = [provider.attach_disk(appliance, disk) for disk in disks[:60]]
+        slots = [e.transport["scsi"] for e in endpoints]
+        assert len(set(slots)) == 60 and "0:0" not in slots
+        assert not any(s.endswith(":7") for s in slots if not s.startswith("sata"))
+        assert slots[0] == "0:1" and slots[14] == "1:0" and slots[-1] == "sata0:0"
+        assert endpoints[0].kind == "block" and endpoints[0].path == "scsi:0:1"
+        assert endpoints[0].host == "hvm-appliance-60"
+        with pytest.raises(ProviderError, match="writer inside an ESX appliance is not built yet"):
+            provider.writer_location(endpoints[0])
+        with pytest.raises(ProviderError, match="already has 60 replica disks attached"):
+            provider.attach_disk(appliance, disks[60])
+        for disk in disks[:60]:
+            provider.detach_disk(appliance, disk)
+        left = [
+            d for d in appliance_vm.config.hardware.device if d.__class__.__name__.endswith("VirtualDisk")
+        ]
+        assert [(d.controllerKey, d.unitNumber, d.backing.fileName) for d in left] == [
+            (own.controllerKey, 0, own_file)
+        ]
+    finally:
+        for disk in disks:
+            provider.detach_disk(provider.find_appliance("DC0_C0", "hvm-appliance-60"), disk)
+            provider.delete_disk(disk)
+        provider.close()
+
+
+# ---------------------------------------------------------------- the cold path
+
+
+def test_cold_upload_as_flat_vmdk_with_progress_and_resume_by_range(provider: Any, admin: Any) -> None:
+    """An image goes up by one PUT through /folder; a crash after the bytes arrived costs ranged GETs,
+    not a second upload; a flat file that differs is sent again; the disk boots a VM like any other."""
+    image = datastore_dir(admin, "LocalDS_0").parent / "cold-source.raw"
+    payload = os.urandom(3 * MiB) + bytes(MiB // 2)
+    image.write_bytes(payload)
+    request = DiskRequest("cold", 4 * MiB, "vmdk", "LocalDS_1")
+    seen: list[tuple[int, int]] = []
+    disk = provider.upload_disk(image, request, lambda done, total: seen.append((done, total)))
+    assert disk == provider.find_disk(request) and disk.size == 4 * MiB
+    assert seen[-1] == (4 * MiB, 4 * MiB) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    folder = datastore_dir(admin, "LocalDS_1") / "hvmigrate" / "cold"
+    flat = folder / "cold-flat.vmdk"
+    assert flat.read_bytes() == payload + bytes(4 * MiB - len(payload))
+    assert 'RW 8192 VMFS "cold-flat.vmdk"' in (folder / "cold.vmdk").read_text()
+    seen.clear()
+    assert provider.upload_disk(image, request, lambda d, t: seen.append((d, t))) == disk and not seen
+
+    # A crash after the bytes arrived, before the marker said ready: compared by Range, not sent again.
+    provider.disks._write_marker(provider.disks.place("cold", "LocalDS_1"), "uploading", 4 * MiB, "thick")
+    assert provider.find_disk(request) is None
+    before = flat.stat().st_mtime_ns
+    assert provider.upload_disk(image, request, lambda d, t: seen.append((d, t))) == disk
+    assert flat.stat().st_mtime_ns == before and seen[-1] == (4 * MiB, 4 * MiB)
+
+    # A flat file that differs (an upload cut short, then overwritten) is sent again whole.
+    with flat.open("r+b") as handle:
+        handle.seek(2 * MiB)
+        handle.write(b"\xff" * 16)
+    provider.disks._write_marker(provider.disks.place("cold", "LocalDS_1"), "uploading", 4 * MiB, "thick")
+    assert provider.upload_disk(image, request) == disk
+    assert flat.read_bytes() == payload + bytes(4 * MiB - len(payload))
+
+    vm = provider.create_vm(VmRequest("cold01", None, 1, 256 * MiB, "bios", (disk,), ()))
+    try:
+        assert [d["path"] for d in provider.vm_details(vm)["disks"]] == [disk.id]
+    finally:
+        provider.delete_vm(vm)
+    provider.delete_disk(disk)
+    assert not folder.exists()

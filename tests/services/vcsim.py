@@ -50,6 +50,7 @@ class Vcsim:
     cert: Path  # the server's certificate (PEM): a CA bundle that verifies it
     model: str
     directory: Path
+    pid: int = 0  # the vcsim process: a test may stop (SIGSTOP) and continue (SIGCONT) it
 
     def log(self) -> str:
         return (self.directory / "vcsim.log").read_text(errors="replace")
@@ -170,9 +171,11 @@ def running_vcsim(model: str, directory: Path, datastores: dict[str, Path] | Non
             cert=cert,
             model=model,
             directory=directory,
+            pid=process.pid,
         )
     finally:
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a test that stopped it may have failed before continuing
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=10)
@@ -194,6 +197,49 @@ def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     reader.start()
     reader.join(timeout)
     return found[0] if found else ""
+
+
+def wait_task(task: Any) -> Any:
+    """The result of a task started on the administrator's own session (the tests' side, not the tool's)."""
+    import time
+
+    while task.info.state in ("queued", "running"):
+        time.sleep(0.05)
+    assert task.info.state == "success", task.info.error
+    return task.info.result
+
+
+def deploy_appliance(admin: Any, name: str, *, power_on: bool = True) -> Any:
+    """An appliance VM as an administrator deploys one in the vCenter model's cluster: its own disk on
+    SCSI 0:0 (pvscsi), files on LocalDS_0. Made through ``admin``, never through the provider."""
+    from pyVmomi import vim
+
+    content = admin.content
+    dc = content.rootFolder.childEntity[0]
+    cluster = next(c for c in dc.hostFolder.childEntity if c.name == "DC0_C0")
+    controller = vim.vm.device.ParaVirtualSCSIController(key=-1, busNumber=0, sharedBus="noSharing")
+    disk = vim.vm.device.VirtualDisk(
+        key=-2,
+        controllerKey=-1,
+        unitNumber=0,
+        capacityInKB=1024,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(diskMode="persistent", fileName="[LocalDS_0]"),
+    )
+    spec = vim.vm.ConfigSpec(
+        name=name,
+        numCPUs=1,
+        memoryMB=256,
+        guestId="otherLinux64Guest",
+        files=vim.vm.FileInfo(vmPathName="[LocalDS_0]"),
+        deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=controller),
+            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk),
+        ],
+    )
+    vm = wait_task(dc.vmFolder.CreateVM_Task(config=spec, pool=cluster.resourcePool))
+    if power_on:
+        wait_task(vm.PowerOnVM_Task())
+    return vm
 
 
 def _skip_without_tools() -> None:
