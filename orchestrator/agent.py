@@ -310,10 +310,12 @@ class ReaderRole:
         level: int = 3,
         workers: int = 2,
         ranges: list[list[int]] | None = None,
+        size: int | None = None,
         **_ignored: Any,
     ) -> None:
         self.channel = channel
         self.path = path
+        self.given_size = size  # from the source's discovery: what a Windows disk's size is known by
         self.ranges = ranges if mode == "incremental" else None  # a full or verify pass reads everything
         self.chunk_size = chunk_size
         self.mode = mode
@@ -331,7 +333,10 @@ class ReaderRole:
 
     def run(self) -> None:
         try:
-            reader = FileDiskReader(self.path)
+            if is_windows_device(self.path):
+                reader: Any = DeviceReader(self.path, self.given_size)
+            else:
+                reader = FileDiskReader(self.path)
         except OSError as exc:
             raise MirrorError(
                 f"cannot open the source disk {self.path} on {wire.this_host()}: "
@@ -539,6 +544,65 @@ class ReaderRole:
         self.channel.send_json(wire.END, {**self.stats, "digest": whole.hexdigest()})
 
 
+def is_windows_device(path: str) -> bool:
+    """``\\\\.\\PhysicalDrive1``, ``\\\\?\\GLOBALROOT\\Device\\...``: a disk or volume by its device name."""
+    return path.startswith(("\\\\.\\", "\\\\?\\"))
+
+
+class DeviceReader:
+    """A disk by Windows device path, read-only, of the size discovery found.
+
+    Windows has no ``SEEK_END`` answer, ``pread`` or ``SEEK_DATA`` for a disk device, and asking it for
+    the size takes an IOCTL (ctypes and a handle the CRT does not expose), so the size comes with the
+    request, read from Get-Disk by the orchestrator. Reads are positioned (``preadv`` where the platform
+    has it, else seek and read under a lock), whole chunks at chunk offsets, so they stay aligned to
+    the disk's sectors; no holes are known, so zero chunks are found by looking at them. The file is
+    opened with O_BINARY where that exists (the C runtime would translate line ends otherwise) and
+    never with O_DIRECT, which Windows does not have.
+    """
+
+    def __init__(self, path: str, size: int | None) -> None:
+        if not size or size <= 0:
+            raise MirrorError(
+                f"the size of {path} on {wire.this_host()} was not given: a Windows disk's size comes from "
+                "the source's discovery; run discovery again (migrate validate) and retry"
+            )
+        self.path = path
+        self.size = int(size)
+        self.identity = f"device:{path}:{self.size}"
+        self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
+
+    def read_into(self, offset: int, buf: Any) -> int:
+        view = memoryview(buf)[: max(0, min(len(buf), self.size - offset))]
+        done = 0
+        while done < len(view):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._fd, [view[done:]], offset + done)
+            else:
+                with self._lock:
+                    os.lseek(self._fd, offset + done, os.SEEK_SET)
+                    data = os.read(self._fd, len(view) - done)
+                got = len(data)
+                view[done : done + got] = data
+            if got == 0:
+                break
+            done += got
+        return done
+
+    def read(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        return bytes(buf[: self.read_into(offset, buf)])
+
+    def allocated_ranges(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 # ---------------------------------------------------------------- writer role
 
 
@@ -573,10 +637,16 @@ class WriterRole:
             options["flush_bytes"] = flush_bytes
         if flush_seconds is not None:
             options["flush_seconds"] = flush_seconds
-        if map_path is None and self.path.is_block_device():
+        if map_path is None and (is_windows_device(path) or self.path.is_block_device()):
             raise MirrorError(
                 f"{path} on {wire.this_host()} is a block device: give the mirror a map_path on a file "
                 "system that survives a reboot to keep its block map in"
+            )
+        if is_windows_device(path) and not os.path.exists(path):
+            raise MirrorError(
+                f"there is no disk {path} on {wire.this_host()}: it is not mounted (Mount-VHD) or has "
+                "another number now; run the mirror step again to mount it and find its number",
+                retryable=True,
             )
         self.writer = TargetWriter(
             path,  # a file, a block device or an NBD URI (which Path() would fold: "nbd:/...")

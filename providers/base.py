@@ -54,6 +54,8 @@ class Limits:
     native_format: str = "raw"
     max_memory: int | None = None  # bytes one VM can be given on the target host; None when unknown
     appliance_modes: tuple[str, ...] = ("shared", "dedicated", "host")  # what target.appliance may say
+    # appliance: host is cold: disks are built here and uploaded once, so the source must stand still
+    cold_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,7 @@ class AgentLocation:
 
     transport: Any
     path: str
+    size: int | None = None  # the disk's size where the far end cannot tell it (a Windows disk device)
 
 
 @dataclass(frozen=True)

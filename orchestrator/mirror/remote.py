@@ -74,6 +74,7 @@ def mirror_remote(
     compress_workers: int = 2,
     relay_hook: RelayHook | None = None,
     changed_ranges: Sequence[tuple[int, int]] | None = None,
+    source_size: int | None = None,
 ) -> RemotePassStats:
     """One pass from ``source_path`` read by an agent started through the ``source`` transport to
     ``target_path`` written by an agent started through ``target`` (see orchestrator/transport).
@@ -85,6 +86,7 @@ def mirror_remote(
     writer: a test seam for damaging a stream on purpose. ``changed_ranges`` (an incremental pass only):
     what changed-block tracking says changed since the last pass; the reader reads only those chunks
     (an agent older than this option ignores it and hashes everything, which is slower, never wrong).
+    ``source_size``: the source disk's size where its agent cannot ask the disk (a Windows device path).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -104,6 +106,7 @@ def mirror_remote(
                     "level": compression_level,
                     "workers": compress_workers,
                     **({} if changed_ranges is None else {"ranges": [[o, n] for o, n in changed_ranges]}),
+                    **({} if source_size is None else {"size": source_size}),
                 },
                 write={
                     "path": target_path,

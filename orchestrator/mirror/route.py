@@ -119,6 +119,7 @@ def copy_disk(
         map_path=copy.map_path,
         compress_workers=copy.streams,
         changed_ranges=copy.changed_ranges,
+        source_size=copy.source.size,
     )
 
 

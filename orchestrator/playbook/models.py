@@ -274,6 +274,48 @@ class KvmProviderConfig(Model):
     )
 
 
+class EsxApplianceLogin(Model):
+    """How the provider logs in to its ESX recovery appliance over SSH, at the address VMware Tools report,
+    to run the writer there. Host-key checking stays on: pin the appliance image's host key or name a
+    known_hosts file holding it (there is no insecure switch)."""
+
+    user: str = Field("root", description="the writer opens block devices: root, or a user with sudo")
+    port: int = Field(22, ge=1, le=65535)
+    key: Path | None = Field(None, description="private key the appliance lets in")
+    password: SecretStr | None = None
+    host_key: str | None = Field(None, description="pinned host key fingerprint of the appliance, SHA256:...")
+    known_hosts: Path | None = Field(None, description="known_hosts file holding the appliance's host key")
+    sudo: bool = Field(False, description="run the writer under `sudo -n` when user is not root")
+    boot_timeout: Duration = Field(
+        600,
+        description="how long an appliance may take from power-on until Tools report an address and "
+        "SSH lets the provider in",
+    )
+    device_timeout: Duration = Field(
+        60, description="how long a hot-added disk may take to show in the guest"
+    )
+    maps_dir: str = Field(
+        "/var/lib/hvmigrate/maps", description="folder on the appliance's root for the mirror's block maps"
+    )
+    guest_devices: dict[str, str] = Field(
+        default_factory=dict,
+        description="test beds only: the appliance's device of each hot-added slot (0:1, sata0:0) given as "
+        "a path, instead of finding it by its SCSI or SATA address in the guest's sysfs; on vcsim, the "
+        "VMDK's -flat.vmdk stands for that device",
+    )
+
+    @model_validator(mode="after")
+    def _checked(self) -> EsxApplianceLogin:
+        if not self.host_key and not self.known_hosts:
+            raise ValueError(
+                "appliance_login needs host_key (SHA256:... of the appliance's host key) or known_hosts; "
+                "the appliance's host key is always checked"
+            )
+        if self.key is None and self.password is None:
+            raise ValueError("appliance_login needs key (or password) to log in to the appliance")
+        return self
+
+
 class EsxProviderConfig(Model):
     """A vCenter (datacenter, optionally a cluster) or a standalone ESXi, through the vSphere API.
 
@@ -298,6 +340,14 @@ class EsxProviderConfig(Model):
     appliance: str | None = Field(None, description="name of an existing recovery appliance VM")
     appliance_template: str | None = Field(
         None, description="template VM to clone appliances from (OVA deployment is not built yet)"
+    )
+    appliance_login: EsxApplianceLogin | None = Field(
+        None, description="SSH login to the appliance, for disk_writer: appliance (the writer runs there)"
+    )
+    upload_dir: Path = Field(
+        Path("~/.local/state/hvmigrate/esx-upload"),
+        description="appliance: host (cold path): folder on this machine where each replica disk is built "
+        "as a local image before it is uploaded through the datastore's /folder interface",
     )
     disk_writer: Literal["appliance", "datastore_path"] = Field(
         "appliance",
@@ -346,11 +396,17 @@ class HypervProviderConfig(Model):
         description="folder on the host for replica VMs and VHDX files (C:\\Hyper-V); default: "
         "<volume>:\\hvmigrate on the disk's datastore (a volume such as D:)",
     )
+    python: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*\.exe$",
+        description="CPython 3.8+ on the host (C:\\Python311\\python.exe): appliance: host runs the "
+        "hvmigrate agent with it, over WinRM, to write each mounted VHDX",
+    )
     host_device_dir: Path | None = Field(
         None,
-        description="where this machine sees the disks the host mounts (\\\\.\\PhysicalDriveN as "
-        "DIR/PhysicalDriveN) for appliance: host; only test beds have one (the WinRM stand-in's devices "
-        "folder): a writer on the Windows host itself is not built yet",
+        description="test beds only: where this machine sees the disks the host mounts "
+        "(\\\\.\\PhysicalDriveN as DIR/PhysicalDriveN): staging edits them from here, and without "
+        "python the data plane writes them from here too",
     )
     shutdown_timeout: Duration = Field(
         120, description="how long a clean (guest) power-off may take before it fails (force stops at once)"
@@ -533,6 +589,12 @@ class WinrmSource(Model):
         True, description="read each pass from a VSS shadow copy of the source's volumes (removed after it)"
     )
     services: list[str] = Field(default_factory=list)
+    python: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*\.exe$",
+        description="CPython 3.8+ on the source (C:\\Python311\\python.exe): the hvmigrate agent runs "
+        "with it, over WinRM, to read the disks",
+    )
 
 
 class GuestLogin(LinuxQuiesce):

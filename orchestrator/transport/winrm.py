@@ -181,27 +181,38 @@ class WinRM:
 
     def _connect(self) -> Any:
         if self._protocol is None:
-            try:
-                from winrm.protocol import Protocol
-            except ImportError:
-                raise WinRMError("WinRM needs pywinrm: pip install 'hvmigrate[hyperv]'") from None
-            target = self.target
-            try:
-                self._protocol = Protocol(
-                    target.url,
-                    transport=target.auth,
-                    username=target.user,
-                    password=target.password,
-                    server_cert_validation="ignore" if target.insecure else "validate",
-                    ca_trust_path=target.ca_bundle,
-                    read_timeout_sec=target.read_timeout,
-                    operation_timeout_sec=max(1, target.read_timeout - 10),
-                    message_encryption="auto",
-                    proxy=None,
-                )
-            except Exception as exc:
-                raise self._failure(exc) from None
+            self._protocol = self.open_protocol()
         return self._protocol
+
+    def open_protocol(self, *, operation_timeout: int | None = None) -> Any:
+        """A new pywinrm Protocol (its own HTTP connection and login) to this endpoint.
+
+        The scripts share one; a streaming agent (winrm_agent.py) takes two more, so that a Receive
+        waiting for output never holds up the Send that would let the far end produce it."""
+        try:
+            from winrm.protocol import Protocol
+        except ImportError:
+            raise WinRMError("WinRM needs pywinrm: pip install 'hvmigrate[hyperv]'") from None
+        target = self.target
+        try:
+            return Protocol(
+                target.url,
+                transport=target.auth,
+                username=target.user,
+                password=target.password,
+                server_cert_validation="ignore" if target.insecure else "validate",
+                ca_trust_path=target.ca_bundle,
+                read_timeout_sec=target.read_timeout,
+                operation_timeout_sec=operation_timeout or max(1, target.read_timeout - 10),
+                message_encryption="auto",
+                proxy=None,
+            )
+        except Exception as exc:
+            raise self.failure(exc) from None
+
+    def failure(self, exc: Exception) -> WinRMError:
+        """The one-line error for what pywinrm, requests or the endpoint raised (never the password)."""
+        return self._failure(exc)
 
     def _failure(self, exc: Exception) -> WinRMError:
         import requests

@@ -12,10 +12,14 @@ synthetic and 4 legacy NICs (legacy on generation 1 only), switches that exist. 
 half-way, the VM made so far is removed before the error is raised.
 
 ``appliance: host`` mounts each VHDX on the host (Mount-VHD -NoDriveLetter) and hands the data plane the
-mounted disk, ``\\\\.\\PhysicalDriveN``. A writer running on the Windows host is not built yet; where this
-machine sees the host's mounted disks as files (``host_device_dir``: the WinRM stand-in's devices folder in
-tests), the endpoint is a local file: the data plane and Linux staging write it from here. Recovery
-appliance VMs (shared, dedicated) are not built yet.
+mounted disk, ``\\\\.\\PhysicalDriveN``, written by the hvmigrate agent running on the host itself with the
+configured ``python`` (CPython on the host), started over WinRM (orchestrator/transport/winrm_agent.py);
+the disk's block map lives beside its VHDX (``D:/hvmigrate/<disk>.vhdx.hvmap``: Win32 takes ``/``).
+Staging edits (Linux system state, a test copy's addresses) are made from this machine, so they need a
+view of the mounted disk here: only test beds have one (``host_device_dir``, the WinRM stand-in's
+devices folder); elsewhere they are skipped with a warning, as on every endpoint this machine cannot
+open. Without ``python``, ``host_device_dir`` alone makes this machine write the mounted disk too (the
+older test-bed path). Recovery appliance VMs (shared, dedicated) are not built yet.
 
 A replica is up when its guest's heartbeat says so, not when Hyper-V says Running (it runs a VM whose
 guest never boots); the addresses the guest's KVP daemon reports are what verify_replica compares with the
@@ -229,6 +233,9 @@ class HypervProvider:
         self._run(scripts.REMOVE_FILE, {"path": path}, f"deleting disk {path}")
         if self.config.host_device_dir:
             self._map_path(disk).unlink(missing_ok=True)
+        host_map = f"{path}.hvmap"  # the block map the agent on the host kept (_host_map_path)
+        if self._run(scripts.TEST_PATH, {"path": host_map}, f"looking for {host_map}"):
+            self._run(scripts.REMOVE_FILE, {"path": host_map}, f"deleting the block map {host_map}")
 
     def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
         """Copy-Item of the VHDX between passes (the copy is the test cutover's point-in-time disk)."""
@@ -247,6 +254,11 @@ class HypervProvider:
         if disk.provider != self.name:
             raise ProviderError(f"disk {disk.name} belongs to provider {disk.provider}, not {self.name}")
         return self.disk_path(disk.datastore, disk.name, disk.format)
+
+    def _host_map_path(self, disk: DiskRef) -> str:
+        """The disk's block map on the host, beside its VHDX, as the agent there opens it: Win32 reads
+        ``/`` as ``\\``, and so does a test bed whose volumes are folders."""
+        return f"{self._path_of(disk)}.hvmap".replace("\\", "/")
 
     def _map_path(self, disk: DiskRef) -> Path:
         assert self.config.host_device_dir is not None
@@ -270,25 +282,46 @@ class HypervProvider:
                 raise ProviderError(f"Mount-VHD of {path} reported no disk number; dismount it and try again")
         device = f"\\\\.\\PhysicalDrive{int(number)}"
         host = self._host_name()
+        if self.config.python:
+            map_path: str | None = self._host_map_path(disk)
+        elif self.config.host_device_dir:
+            map_path = str(self._map_path(disk))
+        else:
+            map_path = None
         if self.config.host_device_dir:
-            # This machine sees the mounted disk as a file: the data plane and staging reach it from here.
+            # A test bed sees the mounted disk as a file: staging (and, without python, the data plane)
+            # reach it from here.
             local = Path(self.config.host_device_dir) / f"PhysicalDrive{int(number)}"
             return DiskEndpoint(
                 "file",
                 str(local),
                 disk.size,
                 host="local",
-                transport={"device": device, "vhd": path, "map_path": str(self._map_path(disk))},
+                transport={"device": device, "vhd": path, "map_path": map_path},
             )
-        return DiskEndpoint("block", device, disk.size, host=host, transport={"vhd": path})
+        return DiskEndpoint(
+            "block",
+            device,
+            disk.size,
+            host=host,
+            transport={"device": device, "vhd": path, "map_path": map_path},
+        )
 
     def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
+        """The agent on the host writing the mounted disk (``python``); None: this machine writes it."""
+        device = endpoint.transport.get("device", endpoint.path)
+        if self.config.python:
+            from orchestrator.transport.winrm_agent import WinRMTransport
+
+            return AgentLocation(
+                WinRMTransport(self.winrm, self.config.python, name=self.config.host), device
+            )
         if endpoint.kind == "file":
-            return None  # host_device_dir: this machine writes the mounted disk itself
+            return None  # host_device_dir without python: this machine writes the mounted disk itself
         raise ProviderError(
-            f"writing {endpoint.path} needs a writer on Hyper-V host {self.config.host}, "
-            "which is not built yet; "
-            "only test beds with host_device_dir can write a mounted VHDX"
+            f"writing {device} needs the hvmigrate agent on Hyper-V host {self.config.host}: install "
+            "CPython 3.8+ there and set python on provider "
+            f"{self.name} to its python.exe (C:\\Python311\\python.exe)"
         )
 
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:

@@ -6,11 +6,17 @@ volume of the source (Win32_ShadowCopy.Create), yields their ids and device obje
 removes them when the pass ends, whatever happened; `release_snapshot` removes those a crashed pass left,
 from the journaled state.
 
-Reading the disks is the agent's work on the source itself (orchestrator/agent.py is stdlib-only Python
-3): it would read ``\\\\.\\PhysicalDriveN`` for what lies outside volumes and each volume's shadow device
-(``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``) at its partition's offset, and it needs Python 3.8+
-on the source and a byte stream to the orchestrator, which WinRM's shell cannot carry at disk speed. Neither
-is built: `open_disk` and `disk_location` say so, and the copy fails before it starts.
+Reading the disks is the agent's work on the source itself (orchestrator/agent.py, stdlib-only): with
+``python:`` set (CPython 3.8+ on the source), `disk_location` hands the data plane the agent started
+through WinRM (orchestrator/transport/winrm_agent.py) reading ``\\\\.\\PhysicalDriveN``, with the size
+discovery found (Windows tells a disk's size only through an IOCTL). WinRM's shell carries the stream as
+base64 in SOAP: slower than SSH (README, Limits), but nothing has to be installed but Python.
+
+What a pass reads is the live disk. The shadow copies each pass takes are not what the agent reads:
+mapping each volume's shadow device (``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``) over its
+partition's extent of the disk read is not built. So a pass while the server runs is crash-consistent at
+best per chunk, not point-in-time; an incremental pass repairs what changed since, and only a pass
+after the server stopped writing (shut down, or its services stopped by you) is exact.
 """
 
 from __future__ import annotations
@@ -130,18 +136,30 @@ class WinrmSource:
     # ------------------------------------------------------------ reading
 
     def open_disk(self, name: str) -> DiskReader:
-        raise ProviderError(self._no_reader(name))
+        raise ProviderError(
+            f"server {self.name}: {name} is read by the hvmigrate agent on {self.config.host}, not in this "
+            "process (disk_location)"
+        )
 
     def disk_location(self, name: str) -> AgentLocation | None:
-        raise ProviderError(self._no_reader(name))
+        """The agent on the source reading ``\\\\.\\<name>``, with its size from discovery."""
+        if not self.config.python:
+            raise ProviderError(
+                f"server {self.name}: reading {name} of a Windows source needs the hvmigrate agent on "
+                f"{self.config.host}: install CPython 3.8+ there and set source.python to its python.exe "
+                "(C:\\Python311\\python.exe), or migrate from an image of its disks (source: {type: image})"
+            )
+        facts = self._facts or self.discover()
+        disk = next((d for d in facts.disks if d.name.lower() == name.lower()), None)
+        if disk is None or not re.fullmatch(r"PhysicalDrive\d+", disk.name):
+            known = ", ".join(d.name for d in facts.disks) or "none"
+            raise ProviderError(
+                f"server {self.name}: {self.config.host} has no disk {name} (its disks: {known})"
+            )
+        from orchestrator.transport.winrm_agent import WinRMTransport
 
-    def _no_reader(self, name: str) -> str:
-        return (
-            f"server {self.name}: reading {name} of a Windows source needs the hvmigrate agent running on "
-            f"{self.config.host} (Python 3.8+) with a data stream to the orchestrator; that reader is not "
-            "built yet: migrate the server from an image of its disks (source: {type: image}), or as a VM "
-            "of a managed hypervisor (source: {type: vm})"
-        )
+        transport = WinRMTransport(self.winrm, self.config.python, name=self.config.host)
+        return AgentLocation(transport, f"\\\\.\\{disk.name}", size=disk.size)
 
     # ------------------------------------------------------------ VSS, one snapshot per pass
 

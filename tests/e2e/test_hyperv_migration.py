@@ -3,8 +3,10 @@
 The playbook is the shipped example, playbooks/image-to-hyperv.yaml, pointed at a WS-Management stand-in
 (tests/fakes) started in this process on a free port over HTTPS with a minted CA and NTLM: no Windows runs
 here, so every script the provider sends is decoded and run by the stand-in's strict interpreter against a
-host model whose VHDX files are real (raw, sparse) files. ``host_device_dir`` is where this machine sees
-the disks the host mounts (Mount-VHD -NoDriveLetter), so the data plane writes the mounted VHDX itself.
+host model whose VHDX files are real (raw, sparse) files. The mounted VHDX (Mount-VHD -NoDriveLetter) is
+written by the real agent, run by the stand-in as the host's ``python.exe`` and fed over WinRM Send and
+Receive; ``host_device_dir`` (where this machine sees the disks the host mounts) is left only for staging,
+which edits the replica's root from this machine.
 The source is the quickstart's db01 (a partitioned ext4 Linux root booting BIOS, and a data disk).
 
 What it proves, in the order a user goes: validate, plan and the dry run touch nothing on the host;
@@ -85,7 +87,9 @@ class HypervMigration(Migration):
 @pytest.fixture
 def hyperv(tmp_path: Path) -> Iterator[tuple[HypervHost, WinRMStandIn, Path]]:
     """A Hyper-V host with a foreign VM and a disk of its own (both must survive), behind WinRM over HTTPS."""
-    host = HypervHost(tmp_path / "hv01", volumes={"C": 8 * 1024 * MiB, "D": 1024 * MiB})
+    host = HypervHost(
+        tmp_path / "hv01", volumes={"C": 8 * 1024 * MiB, "D": 1024 * MiB}, python="C:\\Python311\\python.exe"
+    )
     dc01 = HostVM("dc01", 2, 1024 * MiB, "C:\\VMs", processors=2, notes="domain controller")
     own_disk = "D:\\VMs\\dc01.vhdx"
     raw = host.raw_file(own_disk)
@@ -183,6 +187,8 @@ def test_image_to_hyperv_migration_test_cutover_and_undo_restore_the_host(
     assert made == {disk0.lower(): "Dynamic", disk1.lower(): "Fixed"}
     assert sorted(host.mounted) == [disk0.lower(), disk1.lower()]
     assert sha256(host.raw_file(disk1)) == sha256(source_data)
+    maps = [host.local(f"{disk}.hvmap") for disk in (disk0, disk1)]
+    assert all(path.is_file() for path in maps)  # the agent on the host kept the block maps beside the VHDX
 
     # the running source changes; a sync carries it
     with source_data.open("r+b") as handle:

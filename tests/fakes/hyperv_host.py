@@ -113,9 +113,11 @@ class HypervHost:
         name: str = "HV01",
         volumes: dict[str, int] | None = None,
         switches: dict[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
         self.root = root
         self.name = name
+        self.python = python  # where CPython is installed (C:\Python311\python.exe); None: not at all
         self.volumes = volumes or {"C": 40 * GiB, "D": 2 * GiB}
         self.switches = switches or {"LAN": "External", "Isolated": "Private"}
         self.vms: dict[str, VM] = {}  # lower-case name -> VM
@@ -152,6 +154,13 @@ class HypervHost:
 
     def device(self, number: int) -> Path:
         return self.root / "devices" / f"PhysicalDrive{number}"
+
+    def agent_names(self) -> dict[str, Path]:
+        """Windows names an agent on the host can open: each mounted disk and each volume's root."""
+        with self.lock:
+            names = {f"\\\\.\\PhysicalDrive{n}": self.device(n) for n in self.mounted.values()}
+            names.update({f"{letter}:": self.root / letter for letter in self.volumes})
+        return names
 
     def _used(self, letter: str) -> int:
         used = 0
@@ -528,12 +537,15 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
         out = []
         for path in b["LiteralPath"]:
             local = host.local(path)
-            out.append(path.lower() in host.vhds or local.is_dir())
+            out.append(path.lower() in host.vhds or local.is_dir() or local.is_file())
         return out
 
     @add("Remove-Item", {"LiteralPath": S_ARR, "Force": SW}, ("LiteralPath",))
     def remove_item(b: dict[str, Any], piped: list[Any]) -> list[Any]:
         for path in b["LiteralPath"]:
+            if path.lower() not in host.vhds and host.local(path).is_file():
+                host.local(path).unlink()  # a plain file (a block map the agent kept beside its VHDX)
+                continue
             info = vhd(path, "Remove-Item")
             user = host._in_use(path)
             if user:

@@ -19,6 +19,7 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .hyperv_host import PSEnum
@@ -74,6 +75,12 @@ class WindowsMachine:
     vss_full: bool = False  # no storage for another shadow copy (return value 6)
     stopped: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
+    python: str | None = None  # where CPython is installed (C:\Python311\python.exe); None: not at all
+    disk_files: dict[int, Path] = field(default_factory=dict)  # disk Number -> the file holding its bytes
+
+    def agent_names(self) -> dict[str, Path]:
+        """Windows names an agent on this server can open: ``\\\\.\\PhysicalDriveN`` for each disk with a file."""
+        return {f"\\\\.\\PhysicalDrive{n}": path for n, path in self.disk_files.items()}
 
     def cmdlets(self) -> dict[str, Cmdlet]:
         cmdlets = {**generic_cmdlets(), **_build(self)}

@@ -11,6 +11,11 @@ within cmd.exe's 8191-character command line; the script runs through `powershel
 `hyperv_host.HypervHost`, and a PowerShell error comes back as a CLIXML error record on stderr with exit
 code 1, as from a real host. Every script received is kept in ``scripts`` so tests can read exactly what
 was sent.
+
+The one other program it runs is the hvmigrate agent (agent_process.py): only when the command is the
+machine's configured Python (``python`` on the host or source model; a machine without one has no
+Python) with exactly the agent's bootstrap, and then it streams: Send feeds the agent's stdin, each
+Receive returns what it wrote to stdout and stderr so far, as WinRM does for a running command.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from .agent_process import AgentProcess, agent_machine, parse_agent_command, windows_argv
 from .hyperv_host import HypervHost, build_cmdlets
 from .powershell import Interpreter, PSError
 
@@ -85,6 +91,7 @@ class _Command:
     stderr: bytes = b""
     exit_code: int = 0
     done: bool = False
+    agent: AgentProcess | None = None  # a streaming command: the agent standing for python.exe
 
 
 @dataclass
@@ -218,6 +225,11 @@ class WinRMStandIn:
         return self
 
     def stop(self) -> None:
+        with self.lock:
+            shells = list(self.shells.values())
+            self.shells.clear()
+        for shell in shells:
+            _stop_agents(shell)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -235,8 +247,12 @@ class WinRMStandIn:
         if len(command_line) > CMD_LINE_LIMIT:
             return _Command((), stderr=b"The command line is too long.\r\n", exit_code=1, done=True)
         words = command_line.split()
+        machine = agent_machine(self.host, self.models)
+        argv = windows_argv(command_line)
+        if argv and machine is not None and machine.python and argv[0].lower() == machine.python.lower():
+            return self._start_agent(machine, argv)
         if not words or words[0].lower() not in ("powershell", "powershell.exe"):
-            name = words[0] if words else ""
+            name = argv[0] if argv else ""
             return _Command(
                 (),
                 exit_code=1,
@@ -289,6 +305,13 @@ class WinRMStandIn:
         self._execute(command, script, via_stdin=False)
         return command
 
+    def _start_agent(self, machine: Any, argv: list[str]) -> _Command:
+        """python.exe with the agent's bootstrap, and nothing else: any other use of Python is refused."""
+        problem, length = parse_agent_command(argv)
+        if problem:
+            return _Command((), stderr=f"{problem}\r\n".encode(), exit_code=2, done=True)
+        return _Command(("python",), agent=AgentProcess.start(machine, length))
+
     def finish_stdin(self, command: _Command) -> None:
         assert command.stdin is not None
         try:
@@ -320,6 +343,12 @@ class WinRMStandIn:
         command.done = True
         with self.lock:
             self.scripts.append(record)
+
+
+def _stop_agents(shell: _Shell) -> None:
+    for command in shell.commands.values():
+        if command.agent is not None:
+            command.agent.terminate()
 
 
 def _error_text(error: PSError) -> str:
@@ -380,6 +409,7 @@ class _Fault(Exception):
 def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # as HTTP.sys: a reply's last segment never waits for an ACK
         ntlm: Any = None
         authenticated = False
 
@@ -585,6 +615,7 @@ def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
             if action == ACTION["delete"]:
                 with endpoint.lock:
                     endpoint.shells.pop(shell_id or "", None)
+                _stop_agents(shell)
                 return _envelope(action, message_id, "")
             if action == ACTION["command"]:
                 line = payload.find("rsp:CommandLine", NS)
@@ -603,6 +634,11 @@ def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
             if action == ACTION["send"]:
                 stream = payload.find("rsp:Send/rsp:Stream", NS)
                 command = shell.commands.get(stream.get("CommandId", "") if stream is not None else "")
+                end = stream is not None and stream.get("End", "false").lower() == "true"
+                if stream is not None and command is not None and command.agent is not None:
+                    if not command.agent.send(base64.b64decode(stream.text or ""), end=end):
+                        raise _Fault(500, _fault(232, "The pipe is being closed.", "w:InternalError"))
+                    return _envelope(action, message_id, "<rsp:SendResponse/>")
                 if stream is None or command is None or command.stdin is None:
                     raise _Fault(
                         400, _fault(2150858843, "The command is not waiting for input.", sender=True)
@@ -619,6 +655,8 @@ def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
                     raise _Fault(
                         400, _fault(2150858843, f"The command {command_id} does not exist.", sender=True)
                     )
+                if command.agent is not None:
+                    return _envelope(action, message_id, _agent_output(command.agent, command_id, header))
                 if not command.done:
                     raise _Fault(
                         500,
@@ -650,7 +688,9 @@ def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
             if action == ACTION["signal"]:
                 signal = payload.find("rsp:Signal", NS)
                 if signal is not None:
-                    shell.commands.pop(signal.get("CommandId", ""), None)
+                    stopped = shell.commands.pop(signal.get("CommandId", ""), None)
+                    if stopped is not None and stopped.agent is not None:
+                        stopped.agent.terminate()
                 return _envelope(action, message_id, "<rsp:SignalResponse/>")
             raise _Fault(
                 400,
@@ -663,6 +703,45 @@ def _handler(endpoint: WinRMStandIn) -> type[BaseHTTPRequestHandler]:
             )
 
     return Handler
+
+
+def _agent_output(agent: AgentProcess, command_id: str, header: ET.Element) -> str:
+    """One Receive of a running agent: what it wrote since the last one, or a w:TimedOut fault when it
+    wrote nothing within the request's OperationTimeout (pywinrm then asks again), as on Windows."""
+    timeout = _seconds(header.findtext("w:OperationTimeout", "", NS) or "PT20S")
+    stdout, stderr, exit_code = agent.receive(min(timeout, 20.0))
+    if not stdout and not stderr and exit_code is None:
+        raise _Fault(
+            500,
+            _fault(
+                2150858793,
+                "The WS-Management service cannot complete the operation within the time specified in "
+                "OperationTimeout.",
+                "w:TimedOut",
+            ),
+        )
+    streams = "".join(
+        f'<rsp:Stream Name="{name}" CommandId="{command_id}">{base64.b64encode(data).decode()}</rsp:Stream>'
+        for name, data in (("stdout", stdout), ("stderr", stderr))
+        if data
+    )
+    if exit_code is None:
+        state = f'<rsp:CommandState CommandId="{command_id}" State="{NS["rsp"]}/CommandState/Running"/>'
+    else:
+        streams += (
+            f'<rsp:Stream Name="stdout" CommandId="{command_id}" End="true"></rsp:Stream>'
+            f'<rsp:Stream Name="stderr" CommandId="{command_id}" End="true"></rsp:Stream>'
+        )
+        state = (
+            f'<rsp:CommandState CommandId="{command_id}" State="{NS["rsp"]}/CommandState/Done">'
+            f"<rsp:ExitCode>{exit_code}</rsp:ExitCode></rsp:CommandState>"
+        )
+    return f"<rsp:ReceiveResponse>{streams}{state}</rsp:ReceiveResponse>"
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"PT(\d+(?:\.\d+)?)S", duration.strip())
+    return float(match.group(1)) if match else 20.0
 
 
 def user_file_line(domain: str, user: str, password: str) -> str:

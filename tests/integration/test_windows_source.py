@@ -3,8 +3,8 @@ and the replica's first-boot script run through the same strict interpreter.
 
 No Windows runs here (tests/fakes/windows_source_model.py stands for the server): what passes says the
 scripts use only documented cmdlets and parameters and that the answers are read right; it cannot say how
-a real Windows server's VSS writers or NIC drivers behave. Reading the disks is not built (see
-providers/windows/source.py) and is only shown to fail clearly.
+a real Windows server's VSS writers or NIC drivers behave. Reading the disks through the agent is
+tests/integration/test_windows_agent.py.
 """
 
 from __future__ import annotations
@@ -194,12 +194,11 @@ def test_vss_without_storage_fails_and_leaves_no_shadow_copy(bed: dict[str, Any]
         source.release_snapshot({"shadows": {"C:\\": {"id": "x' OR ID<>'", "device": ""}}})
 
 
-def test_reading_the_disks_is_not_built_and_says_so(source: Any) -> None:
-    with pytest.raises(
-        ProviderError, match=r"needs the hvmigrate agent running on localhost \(Python 3\.8\+\)"
-    ):
+def test_reading_the_disks_without_python_says_what_to_set(source: Any) -> None:
+    """Reading is the agent's (tests/integration/test_windows_agent.py); without python, one line."""
+    with pytest.raises(ProviderError, match=r"needs the hvmigrate agent on localhost: install CPython"):
         source.disk_location("PhysicalDrive0")
-    with pytest.raises(ProviderError, match="not built yet"):
+    with pytest.raises(ProviderError, match="read by the hvmigrate agent on localhost, not in this process"):
         source.open_disk("PhysicalDrive0")
 
 
