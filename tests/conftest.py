@@ -14,3 +14,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("libvirt") is not None:
             item.add_marker(pytest.mark.xdist_group("libvirt"))
+
+
+# The secrets audit (tests/faults/secrets_audit.py): after every suite, no secret value in any written file.
+from tests.faults.secrets_audit import (  # noqa: E402, F401 - fixtures and a hook, registered by being here
+    _no_secret_in_any_output,
+    pytest_fixture_setup,
+    secrets_audit,
+)

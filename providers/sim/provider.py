@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.mirror.file_reader import data_ranges
 from orchestrator.playbook.models import SimProviderConfig
@@ -43,6 +43,9 @@ from providers.macs import assign_mac
 
 from . import boot
 from .state import HostState
+
+if TYPE_CHECKING:
+    from .vm_source import SimVmSource
 
 MAX_DISKS_PER_APPLIANCE = 60  # vSphere's limit per VM (4 controllers x 15 targets); the sim keeps it
 MIN_MEMORY = 32 * 1024**2
@@ -439,6 +442,13 @@ class SimProvider:
             report = boot.boot(doc, console)
             self._state.write_text(f"vms/{vm.name}.console.log", console.text)
         return report
+
+    def open_vm_source(self, server: str, vm: str, config: Any = None) -> SimVmSource:
+        """One of this host's VMs as the source of ``server`` (sim to sim; see `vm_source`); the
+        source's playbook ``config`` adds nothing the VM's own document does not say."""
+        from .vm_source import SimVmSource
+
+        return SimVmSource(server, self, vm)
 
     def console_log(self, vm: VmRef) -> str:
         path = self.root / "vms" / f"{vm.name}.console.log"

@@ -27,6 +27,7 @@ class HostState:
         self._thread_lock = threading.RLock()
         self._depth = 0
         self._lock_fd = -1
+        self._swept = False
 
     @contextmanager
     def locked(self, *, write: bool = True) -> Iterator[None]:
@@ -45,6 +46,9 @@ class HostState:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             self._depth += 1
             try:
+                if self._depth == 1 and not self._swept:
+                    self._swept = True
+                    self._sweep_orphans()
                 if self._depth == 1 and fresh and self._initialize is not None:
                     self._initialize()
                 yield
@@ -53,6 +57,21 @@ class HostState:
                 if self._depth == 0:
                     os.close(self._lock_fd)  # closing the descriptor releases the flock
                     self._lock_fd = -1
+
+    def _sweep_orphans(self) -> None:
+        """Remove the temporary files of writers that died between creating and renaming them (kill -9,
+        a power cut): a document's ``.<name>.*.tmp``, a half-made disk's ``.<disk>.raw.tmp``.
+
+        Called once per process, holding the flock, which every writer holds for as long as its temporary
+        file exists: whatever is found belongs to nobody alive.
+        """
+        folders = [self.root, self.root / "vms", self.root / "appliances"]
+        datastores = self.root / "datastores"
+        if datastores.is_dir():
+            folders += [d for d in datastores.iterdir() if d.is_dir()]
+        for folder in folders:
+            for orphan in folder.glob(".*.tmp"):
+                orphan.unlink(missing_ok=True)
 
     def read(self, relative: str) -> dict[str, Any] | None:
         path = self.root / relative
