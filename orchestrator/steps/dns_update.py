@@ -65,7 +65,8 @@ class UpdateDns(Step):
             value = record_value(ctx, record.value)
 
             def journal(change: Change, provider: str = record.provider) -> None:
-                ctx.record_resource(RESOURCE, provider, change.to_json())
+                if not _journaled(ctx, provider, change):  # a rerun: the first entry holds the original
+                    ctx.record_resource(RESOURCE, provider, change.to_json())
 
             try:
                 expected = move_record(
@@ -120,6 +121,19 @@ class UpdateDns(Step):
             ):
                 return Change.from_json(dict(ref)).previous
         return None
+
+
+def _journaled(ctx: StepContext, provider: str, change: Change) -> bool:
+    """This RRset already has its change on record: what it held before the step first touched it."""
+    for resource in ctx.resources():
+        earlier = Change.from_json(dict(resource.ref))
+        if resource.provider == provider and (earlier.zone, earlier.name, earlier.type) == (
+            change.zone,
+            change.name,
+            change.type,
+        ):
+            return True
+    return False
 
 
 def _shown(answer: Expected, ttl: int) -> dict[str, Any]:
