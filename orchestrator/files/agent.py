@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -39,6 +41,41 @@ def unhex(value: str) -> bytes:
 
 def rules_from(request: dict[str, Any]) -> RuleSet:
     return RuleSet(make_rule(unhex(p), bool(inc), bool(rec)) for p, inc, rec in request["rules"])
+
+
+class SendingThread:
+    """Sends frames on a thread of its own, so the agent reads files (or walks) while the previous batch is
+    still crossing the pipe or the SSH channel; at most ``depth`` batches wait, so memory stays bounded."""
+
+    def __init__(self, channel: wire.FrameChannel, depth: int = 8) -> None:
+        self.channel = channel
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="files-agent-send", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            frame = self.queue.get()
+            if frame is None:
+                return
+            if self.error is None:
+                try:
+                    self.channel.send(frame[0], *frame[1])
+                except BaseException as exc:  # raised on the agent's main thread by the next send
+                    self.error = exc
+
+    def send(self, frame_type: int, *parts: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((frame_type, parts))
+
+    def close(self) -> None:
+        """Wait until every queued frame went (the RESULT that follows must come after them)."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 class FilesAgent:
@@ -93,22 +130,30 @@ class FilesAgent:
 
     def op_scan(self, request: dict[str, Any]) -> dict[str, Any]:
         rules = rules_from(request)
-        out = codec.Batcher(self.channel, codec.ENTRIES)
+        sender = SendingThread(self.channel)
+        out = codec.Batcher(sender, codec.ENTRIES)
         problems: list = []
-        for index, (root, rule_root) in enumerate(request["pairs"]):
-            for entry in scan(
-                unhex(root), rules, unhex(rule_root), xattrs=request["xattrs"], problems=problems
-            ):
-                out.add((index, *entry))
-        out.flush()
+        try:
+            for index, (root, rule_root) in enumerate(request["pairs"]):
+                for entry in scan(
+                    unhex(root), rules, unhex(rule_root), xattrs=request["xattrs"], problems=problems
+                ):
+                    out.add((index, *entry))
+            out.flush()
+        finally:
+            sender.close()
         return {"problems": [[p.path.hex(), p.message] for p in problems]}
 
     def op_read(self, request: dict[str, Any]) -> dict[str, Any]:
         roots = [unhex(r) for r in request["roots"]]
         items = list(self._batches())
-        out = codec.Batcher(self.channel, codec.PIECES)
-        read_items(roots, items, out.add, block_size=request["block_size"], retries=request["retries"])
-        out.flush()
+        sender = SendingThread(self.channel)
+        out = codec.Batcher(sender, codec.PIECES)
+        try:
+            read_items(roots, items, out.add, block_size=request["block_size"], retries=request["retries"])
+            out.flush()
+        finally:
+            sender.close()
         return {}
 
     def op_hashes(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -247,6 +247,9 @@ class Options:
 
 
 def _meta_differs(a: Entry, b: Entry, options: Options) -> bool:
+    alike = a.mode == b.mode and a.mtime_ns == b.mtime_ns and a.uid == b.uid and a.gid == b.gid
+    if alike and (a.xattrs == b.xattrs or not options.xattrs or a.xattrs is None):
+        return False  # the common case, decided in one test
     if stat.S_IMODE(a.mode) != stat.S_IMODE(b.mode) or a.mtime_ns != b.mtime_ns:
         return True
     if options.owners and (a.uid, a.gid) != (b.uid, b.gid):

@@ -63,14 +63,11 @@ def join(root: bytes, rel: bytes) -> bytes:
     return root + b"/" + rel if rel else root
 
 
+_KINDS = {stat.S_IFREG: b"f", stat.S_IFDIR: b"d", stat.S_IFLNK: b"l"}
+
+
 def kind_of(mode: int) -> bytes:
-    if stat.S_ISREG(mode):
-        return b"f"
-    if stat.S_ISDIR(mode):
-        return b"d"
-    if stat.S_ISLNK(mode):
-        return b"l"
-    return b"o"
+    return _KINDS.get(stat.S_IFMT(mode), b"o")
 
 
 def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
@@ -94,11 +91,43 @@ def read_xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...] | None:
     return tuple(values)
 
 
-def entry_for(full: bytes, rel: bytes, st: os.stat_result, member: bool, xattrs: bool) -> Entry:
-    kind = kind_of(st.st_mode)
-    link = os.readlink(full) if kind == b"l" else None
-    attrs = read_xattrs(full) if xattrs and kind in (b"f", b"d") else None
-    sparse = kind == b"f" and st.st_blocks * HOLE_CHECK < st.st_size
+class _XattrReader:
+    """read_xattrs, but asked only once of a filesystem without xattr support (ENOTSUP): every entry on
+    that device then has none (None), without one more system call each."""
+
+    def __init__(self) -> None:
+        self.unsupported: set[int] = set()
+
+    def __call__(self, path: bytes, device: int) -> tuple[tuple[bytes, bytes], ...] | None:
+        if device in self.unsupported:
+            return None
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno == errno.ENOTSUP:
+                self.unsupported.add(device)
+                return None
+            if exc.errno == errno.EPERM:
+                return None
+            raise
+        return read_xattrs(path) if names else ()
+
+
+def entry_for(
+    full: bytes, rel: bytes, st: os.stat_result, member: bool, xattrs: Any, kind: bytes | None = None
+) -> Entry:
+    """The entry for ``full``; ``xattrs``: False, True (read them) or an _XattrReader."""
+    kind = kind or _KINDS.get(stat.S_IFMT(st.st_mode), b"o")
+    if kind == b"f":
+        link = None
+        sparse = st.st_blocks * HOLE_CHECK < st.st_size
+    else:
+        link = os.readlink(full) if kind == b"l" else None
+        sparse = False
+    if xattrs and (kind == b"f" or kind == b"d"):
+        attrs = xattrs(full, st.st_dev) if xattrs is not True else read_xattrs(full)
+    else:
+        attrs = None
     return Entry(
         rel,
         kind,
@@ -132,6 +161,7 @@ def scan(
     ``problems`` and skipped; the walk goes on.
     """
     problems = problems if problems is not None else []
+    reader: _XattrReader | bool = _XattrReader() if xattrs else False
     try:
         st = os.lstat(root)
     except FileNotFoundError:
@@ -140,7 +170,7 @@ def scan(
         problems.append(ScanProblem(root, exc.strerror or str(exc)))
         return
     member = rules.included(rule_root)
-    yield entry_for(root, b"", st, member, xattrs)
+    yield entry_for(root, b"", st, member, reader)
     if not stat.S_ISDIR(st.st_mode) or not rules.must_walk(rule_root):
         return
     # (folder's full path, relative path, the decision when everything below is decided alike, or None)
@@ -156,10 +186,11 @@ def scan(
             problems.append(ScanProblem(folder, exc.strerror or str(exc)))
             continue
         descend = []
+        prefix = rel_folder + b"/" if rel_folder else b""
         for child in children:
             name = child.name
-            rel = rel_folder + b"/" + name if rel_folder else name
-            full = folder + b"/" + name
+            rel = prefix + name
+            full = child.path
             try:
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
@@ -176,7 +207,7 @@ def scan(
                 if not member and not (is_dir and rules.must_walk(rule_path)):
                     continue
             try:
-                yield entry_for(full, rel, st, member, xattrs)
+                yield entry_for(full, rel, st, member, reader)
             except OSError as exc:
                 problems.append(ScanProblem(full, exc.strerror or str(exc)))
                 continue
