@@ -89,18 +89,7 @@ class WindowsDnsUpdater:
         self.zone = self._names.zone
         self.host = config.host
         self.user = config.user
-        self.winrm = _session(
-            WinRMTarget(
-                host=config.host,
-                user=config.user,
-                password=config.password.reveal(),
-                transport=config.transport,
-                port=config.port,
-                auth=config.auth,
-                ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
-                insecure=config.insecure,
-            )
-        )
+        self.winrm = _session(WinRMTarget.from_config(config))
 
     def __repr__(self) -> str:
         return f"WindowsDnsUpdater({self.zone} at {self.winrm.target.url})"

@@ -94,6 +94,20 @@ class WinRMTarget:
     def __repr__(self) -> str:
         return f"WinRMTarget({self.url!r}, user={self.user!r}, auth={self.auth!r}, password=***)"
 
+    @classmethod
+    def from_config(cls, config: Any) -> WinRMTarget:
+        """From a playbook WinRM login: a Hyper-V provider, a WinRM source or a Windows DNS server."""
+        return cls(
+            host=config.host,
+            user=config.user,
+            password=config.password.reveal(),
+            transport=config.transport,
+            port=config.port,
+            auth=config.auth,
+            ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
+            insecure=config.insecure,
+        )
+
     @property
     def url(self) -> str:
         port = self.port or (5986 if self.transport == "https" else 5985)

@@ -70,18 +70,7 @@ class HypervProvider:
     def __init__(self, name: str, config: HypervProviderConfig) -> None:
         self.name = name
         self.config = config
-        self.winrm = WinRM(
-            WinRMTarget(
-                host=config.host,
-                user=config.user,
-                password=config.password.reveal(),
-                transport=config.transport,
-                port=config.port,
-                auth=config.auth,
-                ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
-                insecure=config.insecure,
-            )
-        )
+        self.winrm = WinRM(WinRMTarget.from_config(config))
         self._hostname: str | None = None
 
     def __repr__(self) -> str:

@@ -86,18 +86,7 @@ class WinrmSource:
         self.config = config
         self.host = config.host
         self.disks = list(disks)
-        self.winrm = WinRM(
-            WinRMTarget(
-                host=config.host,
-                user=config.user,
-                password=config.password.reveal(),
-                transport=config.transport,
-                port=config.port,
-                auth=config.auth,
-                ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
-                insecure=config.insecure,
-            )
-        )
+        self.winrm = WinRM(WinRMTarget.from_config(config))
         self._facts: SourceFacts | None = None
         self._lock = threading.Lock()
 
