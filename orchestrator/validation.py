@@ -430,6 +430,14 @@ _rule(
     needs=INV,
 )
 _rule(
+    "appliance.cold_host_live_source",
+    C,
+    "appliance: host on this target uploads each disk once, so the source must stand still",
+    "use a disk image or a shut-down VM as the source, or target.appliance: shared or dedicated to "
+    "mirror a running server",
+    needs=INV,
+)
+_rule(
     "appliance.server_disk_limit",
     C,
     "one server has more disks than an appliance can attach",
@@ -449,6 +457,13 @@ _rule(
     needs=INV,
 )
 
+_rule(
+    "esx.appliance_login_missing",
+    C,
+    "the writer runs inside the ESX recovery appliance, but the provider has no login to it",
+    "set appliance_login on the provider (user, key, host_key or known_hosts), or target.appliance: host "
+    "for a source that stands still",
+)
 _rule(
     "esx.datastore_space",
     C,
@@ -1759,6 +1774,54 @@ def check_appliance_mode(context: Context) -> Iterator[Finding]:
             "appliance.mode_unsupported",
             f"{server.name}: provider {server.target.provider} ({inventory.type}) supports appliance: "
             f"{' or '.join(inventory.limits.appliance_modes)}, not {server.target.appliance}",
+            path=(*path, "target", "appliance"),
+            server=server.name,
+        )
+
+
+@check
+def check_esx_appliance_login(context: Context) -> Iterator[Finding]:
+    for path, server in context.servers():
+        config = context.playbook.providers.get(server.target.provider)
+        if (
+            server.target.appliance == "host"
+            or not isinstance(config, EsxProviderConfig)
+            or config.disk_writer != "appliance"
+            or config.appliance_login is not None
+        ):
+            continue
+        yield context.finding(
+            "esx.appliance_login_missing",
+            f"{server.name}: provider {server.target.provider} writes replica disks inside the recovery "
+            "appliance over SSH, and has no appliance_login",
+            path=(*path, "target", "appliance"),
+            server=server.name,
+        )
+
+
+@check
+def check_cold_host_source(context: Context) -> Iterator[Finding]:
+    """A target whose ``appliance: host`` is cold (ESX: disks built here, uploaded when the VM is made)
+    copies a source once: one that keeps running would be copied torn and its later writes lost."""
+    for path, server in context.servers():
+        inventory = context.inventory(server.target.provider)
+        if server.target.appliance != "host" or inventory is None or not inventory.limits.cold_host:
+            continue
+        source = server.source
+        if source is None or source.type == "image":
+            continue
+        facts = context.source_facts(server)
+        if source.type == "vm":
+            state = facts.vm.power_state if facts is not None and facts.vm is not None else None
+            if state in (None, "poweredOff"):
+                continue  # stopped (or not discovered yet: checked again once it is)
+            what = f"source VM {source.vm} is {state}"
+        else:
+            what = f"its source is a running server ({source.type})"
+        yield context.finding(
+            "appliance.cold_host_live_source",
+            f"{server.name}: provider {server.target.provider} ({inventory.type}) has no writer on the host, "
+            f"so appliance: host builds each disk here and uploads it once at cutover, but {what}",
             path=(*path, "target", "appliance"),
             server=server.name,
         )

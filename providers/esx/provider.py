@@ -12,11 +12,18 @@ needed, SCSI first, then SATA, up to MAX_DISKS_PER_APPLIANCE, the planner's slot
 ``disk_writer`` says how that disk is written:
 
 - ``appliance`` (the default): a ``block`` endpoint naming the appliance and the disk's ``bus:unit``; the
-  writer inside the appliance is not built yet, so `writer_location` says so in one line;
+  agent's writer runs inside the appliance, reached over SSH at the address VMware Tools report with the
+  provider's ``appliance_login`` (host key checked), and writes the device it finds there for that slot,
+  its block map on the appliance's root (appliance_access.py, sharing providers/appliance_guest.py with
+  the KVM appliance);
 - ``datastore_path`` (test beds): the datastore is a folder on this machine, as vcsim's are, and the
   endpoint is the VMDK's ``-flat.vmdk`` there, written in-process. The disk is hot-added all the same, so
   the appliance's configuration is what it would be; the flat file stands for the device the appliance
   sees. A datastore that is not a local folder is refused with this mode, never written some other way.
+
+``appliance: host`` is the cold path (cold.py): no appliance; each replica disk is built as a local image
+on this machine and uploaded through the datastore's HTTP interface when a VM is created on it, so only
+for sources that stand still (the limits say ``cold_host``; validation refuses a live source).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from providers.base import (
 )
 
 from . import vms as hardware
+from .appliance_access import ApplianceAccess
+from .cold import ColdImages
 from .connection import Connection
 from .disks import DiskStore, check_name, split_datastore_path
 from .inventory import OWNER_KEY, OWNER_VALUE, PROVIDER_KEY, ROLE_KEY, EsxInventory, Scope, extra_config
@@ -72,6 +81,8 @@ class EsxProvider:
             name, self.scope, config.disk_folder, self._default_datastore, config.task_timeout
         )
         self._lock = threading.RLock()
+        self.appliances = ApplianceAccess(self)
+        self.cold = ColdImages(self)
 
     def __repr__(self) -> str:
         return f"EsxProvider({self.name!r}, {self.config.user}@{self.connection.where})"
@@ -106,7 +117,8 @@ class EsxProvider:
                 firmware=("bios", "uefi"),
                 disk_formats=("vmdk",),
                 native_format="vmdk",
-                appliance_modes=("shared", "dedicated"),
+                appliance_modes=("shared", "dedicated", "host"),
+                cold_host=True,
             ),
             default_datastore=self.config.datastore if self.config.datastore in datastores else None,
             unavailable_hosts=facts.unavailable_hosts(),
@@ -207,11 +219,16 @@ class EsxProvider:
         with self._lock:
             place = self.disks.place_of(disk)
             self.disks.delete(disk, self._user_of(place.path))
+            self.cold.discard(place)
 
     def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
         with self._lock:
             datastore = request.datastore or self._default_datastore()
-            return self.disks.clone(source, request, self._free(datastore))
+            clone = self.disks.clone(source, request, self._free(datastore))
+            # appliance: host keeps the replica as a local image until a VM uses it: the clone takes a
+            # copy of it, uploaded when the test copy's VM is created
+            self.cold.copy(self.disks.place_of(source), self.disks.place_of(clone))
+            return clone
 
     def upload_disk(self, image: Path, request: DiskRequest, progress: Any = None) -> DiskRef:
         """The cold path (upload.py): a finished image uploaded as a flat VMDK, no appliance needed."""
@@ -260,7 +277,14 @@ class EsxProvider:
     # ------------------------------------------------------------ appliances
 
     def provision_appliance(self, host: str, name: str) -> ApplianceRef:
-        """The configured appliance VM, or a clone of appliance_template made for this host."""
+        """The configured appliance VM, or a clone of appliance_template made for this host; with an
+        appliance_login, returned once it lets the provider in over SSH (the writer runs there)."""
+        made = self._provision_appliance(host, name)
+        if self._writes_in_appliance():
+            self.appliances.login(made.name)
+        return made
+
+    def _provision_appliance(self, host: str, name: str) -> ApplianceRef:
         with self._lock:
             found = self.find_appliance(host, name)
             if found is not None:
@@ -338,6 +362,7 @@ class EsxProvider:
                 )
             if not facts.owned:
                 return
+            self.appliances.forget(appliance.name)
             if facts.power_state == "poweredOn":
                 self._task(lambda: vm.PowerOffVM_Task(), f"powering off appliance {appliance.name}")
             self._task(lambda: vm.Destroy_Task(), f"removing appliance {appliance.name}")
@@ -384,10 +409,9 @@ class EsxProvider:
                     )
                 transport = {"vmdk": place.path, "disk_writer": self.config.disk_writer}
                 return self._flat_endpoint(disk, place, transport)
-            raise ProviderError(
-                f"disk {disk.name}: ESX has no writer on the host itself; use target.appliance: shared or "
-                "dedicated with a recovery appliance"
-            )
+            return self._cold_endpoint(disk)
+        # the login waits for the appliance's boot, so it comes before the provider's lock
+        login = self.appliances.login(appliance.name) if self._writes_in_appliance() else None
         with self._lock:
             place = self.disks.place_of(disk)
             if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
@@ -404,12 +428,26 @@ class EsxProvider:
                         f"disk {disk.name} is attached to VM {user}; the data plane cannot write a disk "
                         "another VM uses: detach it there (or delete that VM, disks are kept) first"
                     )
+                if login is not None:  # a map of an earlier attachment is never trusted
+                    self.appliances.sweep_maps(login, place.path)
                 mine, devices = self._hot_add(vm, appliance, devices, place.path, disk.size)
             slot = hardware.scsi_slot(devices, mine)
+        self._size_local_flat(disk, place)
+        if login is not None:
+            self.appliances.device(login, appliance.name, slot, disk.size, place.path)
         return self._endpoint(appliance, disk, place, slot)
 
-    def _device_for(self, vm: vim.VirtualMachine, path: str) -> vim.vm.device.VirtualDisk | None:
-        return _disk_at(self._devices(vm, "reading the appliance's disks"), path)
+    def _writes_in_appliance(self) -> bool:
+        """disk_writer: appliance with a login: the writer runs in the appliance (without a login the
+        disk is still hot-added, and writer_location says what to set)."""
+        return self.config.disk_writer == "appliance" and self.appliances.configured
+
+    def _cold_endpoint(self, disk: DiskRef) -> DiskEndpoint:
+        """appliance: host: the disk's local image (cold.py), for a VMDK the tool made."""
+        place = self.disks.place_of(disk)
+        if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
+            raise NotFound(f"disk {disk.name} does not exist on datastore {place.datastore}; create it first")
+        return self.cold.endpoint(disk, place)
 
     def _devices(self, vm: vim.VirtualMachine, what: str) -> list[Any]:
         """The VM's devices alone: reading ``vm.config`` whole costs a large SOAP answer per call."""
@@ -479,6 +517,8 @@ class EsxProvider:
             "disk_writer": self.config.disk_writer,
         }
         if self.config.disk_writer == "appliance":
+            if self.appliances.configured:
+                transport["map_path"] = self.appliances.map_path(place.path)
             return DiskEndpoint("block", f"scsi:{slot}", disk.size, host=appliance.name, transport=transport)
         return self._flat_endpoint(disk, place, transport)
 
@@ -490,18 +530,26 @@ class EsxProvider:
                 f"disk {disk.name}: disk_writer: datastore_path needs datastore {place.datastore} to be a "
                 "folder on this machine (a test bed such as vcsim), and it is not; use disk_writer: appliance"
             )
-        # The flat file stands for the disk inside the appliance (see the module docstring). vcsim's
-        # CreateVirtualDisk leaves it empty where ESXi sizes it: size it as ESXi would, sparse.
-        flat = local / place.flat
-        if not flat.exists():
+        # The flat file stands for the disk inside the appliance (see the module docstring).
+        flat = self._size_local_flat(disk, place)
+        if flat is None:
             raise ProviderError(
-                f"disk {disk.name}: {flat} is missing; the datastore folder does not hold the VMDK's "
-                "flat file"
+                f"disk {disk.name}: {local / place.flat} is missing; the datastore folder does not hold the "
+                "VMDK's flat file"
             )
-        if flat.stat().st_size < disk.size:
-            os.truncate(flat, disk.size)
         transport["datastore_path"] = str(flat)
         return DiskEndpoint("file", str(flat), disk.size, transport=transport)
+
+    def _size_local_flat(self, disk: DiskRef, place: Any) -> Path | None:
+        """On a datastore that is a folder here (vcsim), the VMDK's flat file sized as ESXi sizes it
+        (vcsim's CreateVirtualDisk leaves it empty), sparse; None where there is no such file."""
+        local = self._local_datastore_dir(place.datastore)
+        flat = local / place.flat if local is not None else None
+        if flat is None or not flat.exists():
+            return None
+        if flat.stat().st_size < disk.size:
+            os.truncate(flat, disk.size)
+        return flat
 
     def _local_datastore_dir(self, datastore: str) -> Path | None:
         """The datastore's folder when it is a directory on this machine (vcsim), else None."""
@@ -515,15 +563,31 @@ class EsxProvider:
         return path if path.is_dir() else None
 
     def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
-        """None for a datastore_path flat file on this machine; the in-appliance writer for ``block`` is
-        not built yet."""
+        """None for a file on this machine (a local image, a datastore_path flat file); for ``block``, the
+        appliance's SSH login and the device it shows for the disk's slot now (looked up again each pass:
+        a rescan or a reboot of the appliance may rename it)."""
         if endpoint.kind == "file":
             return None
-        raise ProviderError(
-            f"disk {endpoint.transport.get('vmdk')} is attached to appliance {endpoint.host} at "
-            f"{endpoint.transport.get('scsi')}, but the writer inside an ESX appliance is not built yet; "
-            "on a test bed whose datastores are local folders (vcsim) set disk_writer: datastore_path"
-        )
+        name, vmdk = endpoint.host, str(endpoint.transport.get("vmdk"))
+        if not self.appliances.configured:
+            raise ProviderError(
+                f"disk {vmdk} is attached to appliance {name} at {endpoint.transport.get('scsi')}, and the "
+                f"writer runs inside it over SSH: set appliance_login on provider {self.name} (user, key, "
+                "host_key or known_hosts)"
+            )
+        login = self.appliances.login(name)
+        with self._lock:
+            found = self.scope.vm(name)
+            devices = self._devices(found[0], "reading the appliance's disks") if found else []
+            mine = _disk_at(devices, vmdk)
+            if mine is None:
+                raise ProviderError(
+                    f"disk {vmdk} is not attached to appliance {name} any more; run the attach_disks step "
+                    "again (migrate execute)"
+                )
+            slot = hardware.scsi_slot(devices, mine)
+        device = self.appliances.device(login, name, slot, endpoint.size, vmdk)
+        return AgentLocation(login, device)
 
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:
         """Hot-remove the VMDK from the appliance, keeping the file. Idempotent."""
@@ -535,9 +599,12 @@ class EsxProvider:
                 vm, _ = self._appliance_vm(appliance)
             except NotFound:
                 return
-            device = self._device_for(vm, place.path)
+            devices = self._devices(vm, "reading the appliance's disks")
+            device = _disk_at(devices, place.path)
             if device is None:
                 return
+            if self._writes_in_appliance():  # what the guest may still cache for it, before it goes
+                self.appliances.flush(appliance.name, hardware.scsi_slot(devices, device))
             self._task(
                 lambda: vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[hardware.remove(device)])),
                 f"hot-removing disk {place.path} from appliance {appliance.name}",
@@ -571,6 +638,8 @@ class EsxProvider:
                     f"VM {request.name} asks for {len(request.nics)} NICs; ESX allows {MAX_NICS}"
                 )
             pool, target = self._placement(request.host)
+            for disk in request.disks:  # appliance: host: the finished local image goes up now (cold.py)
+                self.cold.upload(disk, self.disks.place_of(disk))
             devices = self._disk_devices(request) + self._nic_devices(request)
             datastore = request.datastore or (request.disks[0].datastore if request.disks else None)
             datastore = datastore or self._default_datastore()
@@ -813,6 +882,7 @@ class EsxProvider:
         return EsxVmSource(server, self, config or VmSource(type="vm", provider=self.name, vm=vm))
 
     def close(self) -> None:
+        self.appliances.close()
         self.connection.close()
 
 

@@ -95,6 +95,21 @@ class Uploader:
         self.store._write_marker(place, "ready", capacity, "thick")
         return DiskRef(self.store.provider, place.path, place.name, capacity, "vmdk", place.datastore)
 
+    def replace(self, place: DiskPlace, image: Path, capacity: int, progress: Progress | None = None) -> None:
+        """Put ``image`` into the tool's existing disk at ``place`` (appliance: host, cold.py): compared by
+        ranged GETs first, sent whole where it differs. The marker stays ready throughout: the caller keeps
+        the image until this returns, so an upload cut short is simply made again."""
+        if self.store.marker(place) is None:
+            raise ProviderError(
+                f"disk {place.path} was not created by hvmigrate; it is never overwritten by an upload"
+            )
+        if not self._already_there(place, image, capacity, progress):
+            self._put_flat(place, image, capacity, progress)
+        self.conn.write_datastore_file(
+            self.datacenter, place.datastore, place.vmdk, descriptor(place, capacity)
+        )
+        self.store._write_marker(place, "ready", capacity, "thick")
+
     def _blocks(self, image: Path, capacity: int) -> Iterator[bytes]:
         """The image, then zeros up to the disk's capacity, in CHUNK pieces."""
         sent = 0

@@ -34,10 +34,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import shutil
-import socket
 import struct
 import tarfile
 import threading
@@ -54,6 +52,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.transport import HostKeyError, TransportError
 from orchestrator.transport.ssh import SshTransport
+from providers.appliance_guest import answers_ssh as _answers_ssh
+from providers.appliance_guest import in_appliance as _in_guest
 from providers.base import (
     AgentLocation,
     ApplianceRef,
@@ -87,38 +87,7 @@ HOLDER_INFIX = ATTACH_SUFFIX + "-"  # <volume>.hvattach-<appliance>.<attachment 
 DEVICE_TIMEOUT = 60.0  # a hot-plugged LUN shows up in the guest (udev names it) within this
 DETACH_TIMEOUT = 30.0
 POLL = 1.0
-PROBE_TIMEOUT = 3.0
 _QCOW2_MAGIC = b"QFI\xfb"
-
-# Run inside the appliance over SSH (its python3): wait for a device path, measure it, optionally flush it,
-# and prepare (or forget) the block map kept beside the appliance's root. Answers length-prefixed JSON.
-_DEVICE_PROGRAM = r"""
-import glob, json, os, sys, time
-a = json.loads(sys.argv[1])
-path, deadline = a["path"], time.monotonic() + a["timeout"]
-out = {}
-while not os.path.exists(path):
-    if time.monotonic() >= deadline:
-        out = {"missing": True}
-        break
-    time.sleep(0.2)
-else:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if a.get("flush"):
-            os.fsync(fd)
-        out = {"size": os.lseek(fd, 0, os.SEEK_END), "device": os.path.realpath(path)}
-    finally:
-        os.close(fd)
-if a.get("map"):
-    os.makedirs(os.path.dirname(a["map"]), mode=0o700, exist_ok=True)
-    for old in glob.glob(glob.escape(a["stale_maps"]) + "*"):  # maps of the volume's earlier attachments
-        if not old.startswith(a["map"]):
-            os.unlink(old)
-data = json.dumps(out).encode()
-sys.stdout.buffer.write(b"%08x" % len(data) + data)
-sys.stdout.flush()
-"""
 
 
 def serial_for(pool: str, volume: str) -> str:
@@ -996,37 +965,9 @@ def lun_xml(pool: str, volume: str, fmt: str, dev: str, serial: str | None, targ
     return ET.tostring(disk, encoding="unicode")
 
 
-def _in_guest(transport: SshTransport, args: dict[str, Any]) -> dict[str, Any]:
-    """Run the device program in the appliance; its answer, or a ProviderError saying what broke."""
-    try:
-        process = transport.start_python(["-c", _DEVICE_PROGRAM, json.dumps(args)])
-    except TransportError as exc:
-        raise TransientProviderError(f"cannot run a command in the appliance: {exc}") from None
-    try:
-        length = int(bytes(process.read_exact(8)), 16)
-        return dict(json.loads(bytes(process.read_exact(length))))
-    except Exception as exc:  # a broken channel, or a program that failed before answering
-        tail = process.stderr_tail().strip()
-        raise TransientProviderError(
-            f"a command in the appliance failed: {exc}" + (f" ({tail})" if tail else "")
-        ) from None
-    finally:
-        process.close()
-
-
 def _login(address: str, keys: ApplianceKeys) -> SshTransport:
     """root on the appliance with its minted client key; its host key pinned, so checked, never learnt."""
     return SshTransport(address, user="root", key_file=keys.client_key, host_key=keys.host_fingerprint)
-
-
-def _answers_ssh(address: str) -> bool:
-    """A cheap look before logging in: an SSH banner on port 22 (the login itself waits much longer)."""
-    try:
-        with socket.create_connection((address, 22), timeout=PROBE_TIMEOUT) as conn:
-            conn.settimeout(PROBE_TIMEOUT)
-            return conn.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def _lookup_volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:

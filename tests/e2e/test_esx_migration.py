@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +36,14 @@ import yaml
 
 from tests.e2e.conftest import REPO, Migration
 from tests.images import sha256
+from tests.services import sshd as sshd_service
 from tests.services import vcsim as vcsim_service
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+sshd_server = sshd_service.sshd_server
 
 EXAMPLE = REPO / "playbooks" / "image-to-esx.yaml"
 APPLIANCE = "hvm-appliance"
@@ -51,7 +54,14 @@ CHUNK = 4096
 class EsxMigration(Migration):
     """`migrate` on the example playbook, pointed at this vcsim; the password only in the environment."""
 
-    def __init__(self, root: Path, server: Any, images: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        server: Any,
+        images: Path,
+        provider: dict[str, Any] | None = None,
+        target: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(root)
         self.server = server
         self.playbook = root / "image-to-esx.yaml"
@@ -59,6 +69,8 @@ class EsxMigration(Migration):
         vcenter = data["providers"]["vcenter"]
         vcenter.update(host=server.host, port=server.port, thumbprint=server.thumbprint)
         vcenter["disk_writer"] = "datastore_path"
+        vcenter.update(provider or {})
+        data["servers"][0]["target"].update(target or {})
         source = data["servers"][0]["source"]
         source["path"] = str(images / "db01.raw")
         source["extra_disks"] = [str(images / "db01-data.raw")]
@@ -318,3 +330,105 @@ def test_image_to_vcenter_migration_and_undo_restores_the_inventory(
     finally:
         tools.stop.set()
         tools.join(10)
+
+
+def appliance_with_tools_address(admin: Any, address: str) -> Any:
+    """The administrator's appliance VM (deployed unless the first test did), its Tools reporting
+    ``address``: where the test sshd plays its guest."""
+    from pyVmomi import vim
+
+    vm = vm_named(admin, APPLIANCE) or vcsim_service.deploy_appliance(admin, APPLIANCE)
+    option = vim.option.OptionValue(key="SET.guest.ipAddress", value=address)
+    vcsim_service.wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[option])))
+    return vm
+
+
+def test_appliance_writer_and_cold_path_in_one_wave(
+    tmp_path: Path, vcenter_sim: Any, admin: Any, image_cache: Path, sshd_server: Any
+) -> None:
+    """Two servers through `migrate`, one per way of writing an ESX replica without datastore_path:
+
+    - db01, disk_writer: appliance: the agent's writer runs in the appliance over SSH (the test sshd plays
+      its guest at the address Tools report; guest_devices maps each hot-added slot to the VMDK's flat
+      file, the device the guest would see); the full pass at execute, the final pass at cutover, the
+      replica made from the disks it wrote (not staged: the appliance's disk is not reachable from here;
+      incremental passes through the agent: tests/integration/test_esx_appliance_writer.py);
+    - db02, appliance: host (the cold path): no appliance; the mirror builds each disk as a local image,
+      staging edits it, and the cutover uploads it through /folder before the replica VM is made on it.
+    """
+    appliance_with_tools_address(admin, "127.0.0.1")
+    before = inventory(admin)
+    images = image_cache
+    maps, upload_dir = tmp_path / "appliance-maps", tmp_path / "upload"
+    root, data = flat(admin, "LocalDS_0", "db01-disk0"), flat(admin, "LocalDS_1", "db01-disk1")
+    login = {
+        "port": sshd_server.port,
+        "user": sshd_server.user,
+        "key": str(sshd_server.client_key),
+        "known_hosts": str(sshd_server.known_hosts),
+        "maps_dir": str(maps),
+        "guest_devices": {"0:1": str(root), "0:2": str(data)},
+    }
+    provider = {"disk_writer": "appliance", "appliance_login": login, "upload_dir": str(upload_dir)}
+    m = EsxMigration(tmp_path, vcenter_sim, images, provider=provider)
+    playbook = yaml.safe_load(m.playbook.read_text())
+    cold = deepcopy(playbook["servers"][0])
+    cold["name"] = "db02"
+    cold["source"].update(
+        path=str(image_cache / "db01.raw"), extra_disks=[str(image_cache / "db01-data.raw")]
+    )
+    nic = {k: v for k, v in cold["target"]["nics"][0].items() if not k.startswith("test_")}
+    nic.update(source_mac="52:54:00:00:01:03", ip="10.1.0.13/24")
+    cold["target"].update(vm_name="db02", appliance="host", nics=[nic])
+    playbook["servers"].append(cold)
+    m.playbook.write_text(yaml.safe_dump(playbook, sort_keys=False))
+    tools = VmwareTools(vcenter_sim, {"db01": ("db01", "10.1.0.12"), "db02": ("db01", "10.1.0.13")})
+    tools.start()
+    try:
+        m.run("execute", m.playbook.name)
+        assert sha256(data) == sha256(images / "db01-data.raw")
+        assert sha256(root) == sha256(images / "db01.raw")
+        assert len(list(maps.glob("*.hvmap"))) == 2  # db01's block maps on the appliance's root
+        assert sorted(p.name for p in upload_dir.rglob("*.img")) == ["db02-disk0.img", "db02-disk1.img"]
+        assert [slot for slot, _ in disks_of(vm_named(admin, APPLIANCE))] == ["0:0", "0:1", "0:2"]
+
+        cold_data = flat(admin, "LocalDS_1", "db02-disk1")
+        assert sha256(cold_data) != sha256(image_cache / "db01-data.raw")  # db02: not uploaded yet
+        m.run("cutover", m.playbook.name)
+        for name in ("db01", "db02"):
+            assert vm_named(admin, name).runtime.powerState == "poweredOn"
+        assert disks_of(vm_named(admin, APPLIANCE)) == [("0:0", disks_of(vm_named(admin, APPLIANCE))[0][1])]
+        assert sha256(data) == sha256(images / "db01-data.raw")
+        assert sha256(cold_data) == sha256(image_cache / "db01-data.raw")
+        changed = differing_blocks(flat(admin, "LocalDS_0", "db02-disk0"), image_cache / "db01.raw")
+        assert 0 < changed <= 64, changed  # staged on the local image, then uploaded
+        assert not list(upload_dir.rglob("*.img"))  # each image goes once it is up
+
+        m.run("undo", m.playbook.name, "--yes")
+        assert inventory(admin) == before
+    finally:
+        tools.stop.set()
+        tools.join(10)
+
+
+def test_cold_path_refuses_a_running_source(
+    vcenter_sim: Any, image_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.playbook.loader import load_playbook
+    from orchestrator.validation import validate
+    from providers.esx import EsxProvider
+
+    monkeypatch.setenv("VC_PASSWORD", vcenter_sim.password)
+    m = EsxMigration(tmp_path, vcenter_sim, image_cache, target={"appliance": "host"})
+    data = yaml.safe_load(m.playbook.read_text())
+    data["servers"][0]["source"] = {"type": "ssh", "host": "10.0.0.6", "key": "/k", "host_key": "SHA256:x"}
+    m.playbook.write_text(yaml.safe_dump(data, sort_keys=False))
+    provider = EsxProvider("vcenter", vcenter_sim.config(datacenter="DC0", cluster="DC0_C0"))
+    try:
+        inventory_now = provider.inventory()
+    finally:
+        provider.close()
+    assert "host" in inventory_now.limits.appliance_modes and inventory_now.limits.cold_host
+    findings = validate(load_playbook(m.playbook).playbook, inventories={"vcenter": inventory_now})
+    (cold,) = [f for f in findings if f.rule_id == "appliance.cold_host_live_source"]
+    assert cold.severity == "critical" and "running server (ssh)" in cold.message

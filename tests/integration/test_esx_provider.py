@@ -444,7 +444,7 @@ def test_appliance_takes_sixty_disks_never_on_its_own_slot_and_keeps_its_disk(
 ) -> None:
     """The planner's 60 slots: SCSI 0:0 stays the appliance's own disk, four SCSI controllers give 59
     more, the 60th goes on a SATA controller, the 61st is refused. With the default disk_writer the
-    endpoint names the appliance and the slot, and the missing in-appliance writer says so."""
+    endpoint names the appliance and the slot, and without appliance_login the writer says what to set."""
     appliance_vm = make_appliance(admin, "hvm-appliance-60")
     own = next(d for d in appliance_vm.config.hardware.device if d.__class__.__name__.endswith("VirtualDisk"))
     own_file = own.backing.fileName
@@ -459,7 +459,7 @@ def test_appliance_takes_sixty_disks_never_on_its_own_slot_and_keeps_its_disk(
         assert slots[0] == "0:1" and slots[14] == "1:0" and slots[-1] == "sata0:0"
         assert endpoints[0].kind == "block" and endpoints[0].path == "scsi:0:1"
         assert endpoints[0].host == "hvm-appliance-60"
-        with pytest.raises(ProviderError, match="writer inside an ESX appliance is not built yet"):
+        with pytest.raises(ProviderError, match="writer runs inside it over SSH: set appliance_login"):
             provider.writer_location(endpoints[0])
         with pytest.raises(ProviderError, match="already has 60 replica disks attached"):
             provider.attach_disk(appliance, disks[60])

@@ -60,6 +60,7 @@ def playbook_for(sim: Any, **target: Any) -> dict[str, Any]:
                 "datacenter": "DC0",
                 "cluster": "DC0_C0",
                 "datastore": DATASTORE,
+                "appliance_login": {"key": "/root/.ssh/hvm-appliance", "host_key": "SHA256:" + "A" * 43},
             },
         },
         "servers": [
@@ -125,6 +126,14 @@ def admin_cluster(admin: Any, name: str) -> Any:
 def test_clean_playbook_finds_only_the_undiscovered_source(vcenter_sim: Any) -> None:
     findings = validated(playbook_for(vcenter_sim))
     assert [f.rule_id for f in findings] == ["facts.not_discovered"], [f.message for f in findings]
+
+
+def test_the_appliance_writer_needs_a_login(vcenter_sim: Any) -> None:
+    data = playbook_for(vcenter_sim)
+    del data["providers"]["vcenter"]["appliance_login"]
+    findings = validated(data)
+    assert [f.rule_id for f in findings] == ["esx.appliance_login_missing", "facts.not_discovered"]
+    assert "has no appliance_login" in findings[0].message
 
 
 # ---------------------------------------------------------------- esx.datastore_space

@@ -58,6 +58,7 @@ def clean_playbook() -> dict[str, Any]:
                 "password": "${env:VC_PASSWORD}",
                 "datastore": "ds1",
                 "thumbprint": "AB:CD:EF",
+                "appliance_login": {"key": "/root/.ssh/hvm-appliance", "host_key": "SHA256:" + "A" * 43},
             },
             "hv01": {
                 "type": "hyperv",
@@ -614,6 +615,18 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     server(doc, 1)["target"]["host"] = "esx1"
     inv["vcenter"] = dataclasses.replace(inv["vcenter"], unavailable_hosts={"esx1": "in maintenance mode"})
+
+
+@case("esx.appliance_login_missing", ("servers", 1, "target", "appliance"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    del doc["providers"]["vcenter"]["appliance_login"]
+    server(doc, 1)["target"]["appliance"] = "shared"
+
+
+@case("appliance.cold_host_live_source", ("servers", 1, "target", "appliance"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    server(doc, 1)["target"]["appliance"] = "host"  # web01's source is a running server (ssh)
+    limits(inv, "vcenter", cold_host=True)
 
 
 def esx_vm_source(doc: dict[str, Any], facts: Facts, **vm: Any) -> None:
