@@ -25,4 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 scripts/bootstrap.sh test,kvm,esx,hyperv
 .venv/bin/ruff check orchestrator providers tests bench
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers: the libvirt tests (marked `libvirt`, one TCG guest at a time) run one after another on one of
+# them while everything else runs on the other (tests/conftest.py). `scripts/test.sh -n 0` runs serially.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"
