@@ -669,6 +669,46 @@ def _due_servers(session: Any, journal: Any, names: list[str]) -> list[str]:
 
 @main.command()
 @playbook_argument
+@click.argument("server")
+def replicate(playbook: Path, state_dir: Path | None, server: str) -> None:
+    """Replicate data-only SERVER continuously until Ctrl-C: inotify on the source, each change applied on
+    the target as it happens (instead of the periodic passes of `execute --keep-syncing`).
+
+    A difference pass runs first, and again after a dropped connection or a full change queue. If a
+    root of the set is renamed or deleted on the source, nothing is deleted on the target: replication
+    stops with a message (exit 1). Stop it before `migrate cutover`, whose final pass completes the target.
+    """
+    import threading
+
+    from orchestrator.files.replicate_run import replicate_server
+
+    session = _session(playbook, state_dir)
+    _check_servers(session, [server])
+    lock = _plan_lock(session, f"replicate {server}")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        console.print(
+            f"[yellow]{signal.Signals(signum).name}: stopping replication (the target keeps what it has)"
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        console.print(f"replicating {server} continuously (Ctrl-C stops)")
+        stats = replicate_server(session.playbook, server, stop, lambda m: console.print(m, markup=False))
+    except ValueError as exc:
+        fail(str(exc), 2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.release()
+    if stats.ended == "root gone":
+        sys.exit(1)
+
+
+@main.command()
+@playbook_argument
 @click.argument("servers", nargs=-1)
 @click.option(
     "--test",

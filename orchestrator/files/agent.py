@@ -8,7 +8,9 @@ Requests (JSON REQUEST frames), each answered by batches and then one RESULT:
 * ``read`` {roots, block_size, retries}, then OPS batches of (pair, rel, sparse, theirs) ended by an
   empty one -> PIECES batches (see tree.read_items);
 * ``hashes`` {roots, block_size}, then OPS batches of (pair, rel) -> HASHES batches of (pair, rel, digests);
-* ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written}.
+* ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written};
+* ``watch`` {pairs, rules, memory, limit, block_size, retries} -> OPS batches of writer operations and
+  markers (replicate_source.py) until the orchestrator sends any frame -> RESULT {ended, sent}.
 
 Paths travel as hex in JSON and as bytes in batches.
 """
@@ -185,6 +187,25 @@ class FilesAgent:
         finally:
             applier.finish()
         return {"problems": [[p, r.hex(), m] for p, r, m in applier.problems], "written": applier.written}
+
+    def op_watch(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Continuous replication's source half: stream changes until told to stop (replicate_source.py)."""
+        from orchestrator.files.replicate_source import ChangeStream
+        from orchestrator.files.watch import SpillQueue, Watcher
+
+        pairs = [(unhex(root), unhex(rule_root)) for root, rule_root in request["pairs"]]
+        watcher = Watcher([p[0] for p in pairs], rules_from(request), [p[1] for p in pairs])
+        queue = SpillQueue(memory=request["memory"], limit=request["limit"])
+        stream = ChangeStream(
+            self.channel,
+            codec.Batcher(self.channel, codec.OPS),
+            [p[0] for p in pairs],
+            watcher,
+            queue,
+            request["block_size"],
+            request["retries"],
+        )
+        return stream.run()
 
 
 def main() -> int:

@@ -22,6 +22,8 @@ FILES_MODULES: tuple[tuple[str, str | None, bool], ...] = (
     ("orchestrator.files.rules", "orchestrator/files/rules.py", False),
     ("orchestrator.files.codec", "orchestrator/files/codec.py", False),
     ("orchestrator.files.tree", "orchestrator/files/tree.py", False),
+    ("orchestrator.files.watch", "orchestrator/files/watch.py", False),
+    ("orchestrator.files.replicate_source", "orchestrator/files/replicate_source.py", False),
     ("orchestrator.files.agent", "orchestrator/files/agent.py", False),
 )
 

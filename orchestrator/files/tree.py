@@ -469,6 +469,18 @@ class TreeWriter:
         _remove(destination)
         os.rename(path, destination)
 
+    def rename(self, rel: bytes, new: bytes) -> None:
+        """A rename seen on the source (continuous replication): the same rename here, replacing what is
+        at the new name; a missing old name raises FileNotFoundError (the replicator then runs a
+        difference pass)."""
+        path, destination = join(self.root, rel), self._guard(join(self.root, new))
+        self._touched = True
+        os.lstat(path)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(destination).st_mode) != stat.S_ISDIR(os.lstat(path).st_mode):
+                _remove(destination)
+        os.rename(path, destination)
+
     # -- files, in pieces: begin, data..., end
 
     def begin(self, rel: bytes, meta: Meta, delta: bool, fresh: bool = False) -> None:
@@ -791,6 +803,8 @@ class Applier:
                 writer.remove_orphan(rel)
             elif kind == b"M":
                 writer.move(rel, op[3])
+            elif kind == b"N":
+                writer.rename(rel, op[3])
             else:
                 raise ValueError(f"unknown operation {kind!r}")
         except (OSError, Skipped) as exc:

@@ -260,3 +260,42 @@ def esx_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     _skip_without_tools()
     with running_vcsim("esx", tmp_path_factory.mktemp("vcsim-esx")) as server:
         yield server
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the vCenter model until Ctrl-C, to try a playbook of your own against the vSphere API.
+
+    ``python -m tests.services.vcsim [DIR]`` prints the provider settings to paste into a playbook. vcsim
+    runs no guest: use ``appliance: host`` (the cold path, for image sources) or ``disk_writer:
+    datastore_path`` (the mirror writes the VMDK's flat file in the datastore folder) to move data.
+    """
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m tests.services.vcsim", description=main.__doc__)
+    parser.add_argument("directory", nargs="?", type=Path, help="where vcsim keeps its datastores")
+    parser.add_argument("--model", choices=("vpx", "esx"), default="vpx")
+    args = parser.parse_args(argv)
+    missing = missing_tools()
+    if missing:
+        print("; ".join(missing), file=sys.stderr)
+        return 1
+    directory = args.directory or Path(tempfile.mkdtemp(prefix="vcsim-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    with running_vcsim(args.model, directory) as server:
+        print(f"vcsim ({args.model}) on {server.host}:{server.port}, datastores under {directory}")
+        print(f"export VC_PASSWORD='{server.password}'")
+        print("providers:")
+        print(f"  vcenter: {{type: esx, host: {server.host}, port: {server.port}, user: {server.user},")
+        print(f'            password: "${{env:VC_PASSWORD}}", thumbprint: "{server.thumbprint}",')
+        print(f"            datacenter: {'DC0' if args.model == 'vpx' else 'ha-datacenter'}}}")
+        print("Ctrl-C stops it (its inventory lives in memory and goes with it).", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop vcsim on a kill too
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
