@@ -465,6 +465,12 @@ _rule(
     "for a source that stands still",
 )
 _rule(
+    "hyperv.appliance_login_missing",
+    C,
+    "the writer runs inside the Hyper-V recovery appliance, but the provider has no login to it",
+    "set appliance_login on the provider (user, key, host_key or known_hosts), or target.appliance: host",
+)
+_rule(
     "esx.datastore_space",
     C,
     "an ESX datastore fits the replica disks but not the VMs' swap files and config files beside them",
@@ -1792,6 +1798,27 @@ def check_esx_appliance_login(context: Context) -> Iterator[Finding]:
             continue
         yield context.finding(
             "esx.appliance_login_missing",
+            f"{server.name}: provider {server.target.provider} writes replica disks inside the recovery "
+            "appliance over SSH, and has no appliance_login",
+            path=(*path, "target", "appliance"),
+            server=server.name,
+        )
+
+
+@check
+def check_hyperv_appliance_login(context: Context) -> Iterator[Finding]:
+    """A Hyper-V provider with an appliance (named or from a template) needs the SSH login to it."""
+    for path, server in context.servers():
+        config = context.playbook.providers.get(server.target.provider)
+        if (
+            server.target.appliance == "host"
+            or not isinstance(config, HypervProviderConfig)
+            or not (config.appliance or config.appliance_template)
+            or config.appliance_login is not None
+        ):
+            continue
+        yield context.finding(
+            "hyperv.appliance_login_missing",
             f"{server.name}: provider {server.target.provider} writes replica disks inside the recovery "
             "appliance over SSH, and has no appliance_login",
             path=(*path, "target", "appliance"),

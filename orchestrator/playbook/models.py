@@ -274,10 +274,11 @@ class KvmProviderConfig(Model):
     )
 
 
-class EsxApplianceLogin(Model):
-    """How the provider logs in to its ESX recovery appliance over SSH, at the address VMware Tools report,
-    to run the writer there. Host-key checking stays on: pin the appliance image's host key or name a
-    known_hosts file holding it (there is no insecure switch)."""
+class ApplianceLogin(Model):
+    """How the provider logs in to its recovery appliance over SSH, at the address the guest tools report
+    (ESX: VMware Tools; Hyper-V: the guest's KVP daemon), to run the writer there. Host-key checking stays
+    on: pin the appliance image's host key or name a known_hosts file holding it (there is no insecure
+    switch)."""
 
     user: str = Field("root", description="the writer opens block devices: root, or a user with sudo")
     port: int = Field(22, ge=1, le=65535)
@@ -288,8 +289,8 @@ class EsxApplianceLogin(Model):
     sudo: bool = Field(False, description="run the writer under `sudo -n` when user is not root")
     boot_timeout: Duration = Field(
         600,
-        description="how long an appliance may take from power-on until Tools report an address and "
-        "SSH lets the provider in",
+        description="how long an appliance may take from power-on until its guest tools report an "
+        "address and SSH lets the provider in",
     )
     device_timeout: Duration = Field(
         60, description="how long a hot-added disk may take to show in the guest"
@@ -299,13 +300,14 @@ class EsxApplianceLogin(Model):
     )
     guest_devices: dict[str, str] = Field(
         default_factory=dict,
-        description="test beds only: the appliance's device of each hot-added slot (0:1, sata0:0) given as "
-        "a path, instead of finding it by its SCSI or SATA address in the guest's sysfs; on vcsim, the "
-        "VMDK's -flat.vmdk stands for that device",
+        description="test beds only: the appliance's device of each hot-added slot (ESX: bus:unit 0:1, "
+        "sata0:0; Hyper-V: SCSI controller:location 0:1) given as a path, instead of finding it by its "
+        "address in the guest's sysfs; on vcsim the VMDK's -flat.vmdk, on the WinRM stand-in the VHDX's "
+        "raw file stands for that device",
     )
 
     @model_validator(mode="after")
-    def _checked(self) -> EsxApplianceLogin:
+    def _checked(self) -> ApplianceLogin:
         if not self.host_key and not self.known_hosts:
             raise ValueError(
                 "appliance_login needs host_key (SHA256:... of the appliance's host key) or known_hosts; "
@@ -341,7 +343,7 @@ class EsxProviderConfig(Model):
     appliance_template: str | None = Field(
         None, description="template VM to clone appliances from (OVA deployment is not built yet)"
     )
-    appliance_login: EsxApplianceLogin | None = Field(
+    appliance_login: ApplianceLogin | None = Field(
         None, description="SSH login to the appliance, for disk_writer: appliance (the writer runs there)"
     )
     upload_dir: Path = Field(
@@ -407,6 +409,31 @@ class HypervProviderConfig(Model):
         description="test beds only: where this machine sees the disks the host mounts "
         "(\\\\.\\PhysicalDriveN as DIR/PhysicalDriveN): staging edits them from here, and without "
         "python the data plane writes them from here too",
+    )
+    appliance: str | None = Field(
+        None,
+        description="appliance: shared|dedicated: name of an existing recovery appliance VM on the host "
+        "(a Linux VM with Hyper-V integration services, the KVP daemon, sshd and python3, running, with "
+        "free locations on its SCSI controllers: Hyper-V adds no controller to a running VM); used as it "
+        "is, never removed",
+    )
+    appliance_template: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*\.vhdx$",
+        description="appliance: shared|dedicated without appliance: the appliance VHDX on the host "
+        "(D:\\templates\\appliance.vhdx) that each appliance boots a copy of (Copy-Item beside the "
+        "replica disks); the tool makes a generation 2 VM with 4 SCSI controllers, its NIC on "
+        "appliance_switch, and removes the VM and the copy when the appliance is released",
+    )
+    appliance_switch: str | None = Field(
+        None, description="virtual switch for the NIC of an appliance made from appliance_template"
+    )
+    appliance_cpus: int = Field(2, ge=1, le=64, description="processors of an appliance the tool makes")
+    appliance_memory: Size = Field(1024**3, description="startup memory of an appliance the tool makes")
+    appliance_login: ApplianceLogin | None = Field(
+        None,
+        description="SSH login to the appliance at the address its KVP daemon reports: the writer runs "
+        "there and writes each VHDX hot-added on SCSI (guest_devices keys: controller:location)",
     )
     shutdown_timeout: Duration = Field(
         120, description="how long a clean (guest) power-off may take before it fails (force stops at once)"

@@ -19,7 +19,12 @@ Staging edits (Linux system state, a test copy's addresses) are made from this m
 view of the mounted disk here: only test beds have one (``host_device_dir``, the WinRM stand-in's
 devices folder); elsewhere they are skipped with a warning, as on every endpoint this machine cannot
 open. Without ``python``, ``host_device_dir`` alone makes this machine write the mounted disk too (the
-older test-bed path). Recovery appliance VMs (shared, dedicated) are not built yet.
+older test-bed path).
+
+``appliance: shared|dedicated`` hot-adds each VHDX on SCSI to a recovery appliance VM (an existing one
+named by ``appliance``, or one made from ``appliance_template``), and the agent's writer runs inside it
+over SSH at the address its KVP daemon reports (appliance.py, sharing providers/appliance_guest.py with
+ESX and KVM): a ``block`` endpoint ``scsi:CONTROLLER:LOCATION`` on the appliance.
 
 A replica is up when its guest's heartbeat says so, not when Hyper-V says Running (it runs a VM whose
 guest never boots); the addresses the guest's KVP daemon reports are what verify_replica compares with the
@@ -28,6 +33,7 @@ NIC map.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,16 @@ from providers.base import (
 )
 
 from . import scripts
+from .appliance import (
+    MAX_DISKS_PER_APPLIANCE,
+    ROLE,
+    SCSI_CONTROLLERS,
+    HypervApplianceAccess,
+    check_hot_add,
+    drive_at,
+    free_scsi_slot,
+    slot_of,
+)
 from .inventory import HEARTBEAT, OWNER_PREFIX, VM_STATE, HostFacts, named, read_host, read_vms
 from .placement import place_disks, place_nics
 
@@ -72,6 +88,8 @@ class HypervProvider:
         self.config = config
         self.winrm = WinRM(WinRMTarget.from_config(config))
         self._hostname: str | None = None
+        self.appliances = HypervApplianceAccess(self)
+        self._lock = threading.RLock()  # one hot-add at a time picks a free SCSI location
 
     def __repr__(self) -> str:
         return f"HypervProvider({self.name!r}, url={self.winrm.target.url!r})"
@@ -115,12 +133,12 @@ class HypervProvider:
             vms=tuple(vm.name for vm in facts.vms),
             limits=Limits(
                 max_nics=12,
-                max_disks_per_appliance=0,
+                max_disks_per_appliance=MAX_DISKS_PER_APPLIANCE,
                 firmware=("bios", "uefi"),
                 disk_formats=FORMATS,
                 native_format="vhdx",
                 max_memory=facts.memory or None,
-                appliance_modes=("host",),
+                appliance_modes=("shared", "dedicated", "host"),
             ),
             default_datastore=self._default_datastore(facts),
         )
@@ -150,16 +168,155 @@ class HypervProvider:
     # ------------------------------------------------------------ appliances
 
     def provision_appliance(self, host: str, name: str) -> ApplianceRef:
-        raise ProviderError(
-            f"hyperv provider {self.name}: recovery appliance VMs are not built yet on Hyper-V; "
-            "use appliance: host"
-        )
+        """The configured appliance VM, or one made from appliance_template (appliance.py); with an
+        appliance_login, returned once it lets the provider in over SSH (the writer runs there)."""
+        made = self._provision_appliance(host, name)
+        if self.appliances.configured:
+            self.appliances.login(made.name)
+        return made
+
+    def _provision_appliance(self, host: str, name: str) -> ApplianceRef:
+        with self._lock:
+            found = self.find_appliance(host, name)
+            if found is not None:
+                return found
+            config = self.config
+            if config.appliance:
+                raise ProviderError(
+                    f"the appliance VM {config.appliance} named in provider {self.name} does not exist on "
+                    f"{config.host}; create it there or fix appliance:"
+                )
+            if not config.appliance_template:
+                raise ProviderError(
+                    f"provider {self.name} has no recovery appliance: name an existing appliance VM with "
+                    "appliance:, or an appliance VHDX to make one from with appliance_template:"
+                )
+            if not config.appliance_switch:
+                raise ProviderError(
+                    f"provider {self.name}: an appliance made from appliance_template needs a NIC the "
+                    "provider can reach it through; set appliance_switch to a virtual switch of the host"
+                )
+            _check_file_name(name, "appliance")
+            facts = self.details()
+            if facts.vm(name) is not None:
+                raise ProviderError(
+                    f"a VM named {name} already exists on {facts.name} and is not an hvmigrate appliance; "
+                    "it is never touched: remove or rename it"
+                )
+            if self._vhd(config.appliance_template) is None:
+                raise ProviderError(
+                    f"appliance template {config.appliance_template} does not exist on {config.host}; "
+                    "copy the appliance VHDX there or fix appliance_template:"
+                )
+            system = self._appliance_system_disk(name)
+            self._run(
+                scripts.COPY_FILE,
+                {"source": config.appliance_template, "path": system},
+                f"copying the appliance template to {system}",
+            )
+            base = {"name": name}
+            try:
+                self._run(
+                    scripts.NEW_VM,
+                    {
+                        **base,
+                        "generation": 2,
+                        "memory": -(-config.appliance_memory // MEMORY_STEP) * MEMORY_STEP,
+                        "path": system.rsplit("\\", 1)[0],
+                        "cpus": config.appliance_cpus,
+                        "notes": f"{OWNER_PREFIX}provider={self.name};{ROLE}",
+                    },
+                    f"creating appliance {name}",
+                )
+                for _ in range(1, SCSI_CONTROLLERS):  # while it is off: a running VM gains no controller
+                    self._run(scripts.ADD_SCSI_CONTROLLER, base, f"adding a SCSI controller to {name}")
+                self._run(
+                    scripts.ADD_DISK,
+                    {**base, "path": system, "controller": "SCSI", "number": 0, "location": 0},
+                    f"attaching its system disk to appliance {name}",
+                )
+                self._run(
+                    scripts.add_nic(switch=True, static_mac=False),
+                    {**base, "nic": "appliance", "legacy": False, "switch": config.appliance_switch},
+                    f"adding the NIC of appliance {name}",
+                )
+                self._run(scripts.START_VM, base, f"starting appliance {name}")
+            except ProviderError as exc:
+                left = self._remove_half_made(name)
+                self.winrm.run(scripts.REMOVE_FILE, {"path": system})
+                raise ProviderError(f"{exc}; {left} and its system disk copy removed") from None
+            return ApplianceRef(self.name, name, name, host)
+
+    def _appliance_system_disk(self, name: str) -> str:
+        """The copy of appliance_template an appliance boots, on the template's volume."""
+        volume = self.config.appliance_template[:2] if self.config.appliance_template else None
+        return self.disk_path(volume, f"{name}-system", "vhdx")
 
     def find_appliance(self, host: str, name: str) -> ApplianceRef | None:
-        return None
+        wanted = self.config.appliance or name
+        vm = self._vm_named(wanted)
+        if vm is None:
+            return None
+        if not self.config.appliance and not _is_our_appliance(vm):
+            return None  # somebody else's VM of that name: not an appliance of ours
+        return ApplianceRef(self.name, vm["Name"], vm["Name"], host)
 
     def release_appliance(self, appliance: ApplianceRef) -> None:
-        raise NotFound(f"appliance {appliance.name} does not exist on Hyper-V host {self.config.host}")
+        """Refuses while replica disks are attached. Removes an appliance the tool made (and its system
+        disk copy); one named in the provider config belongs to the administrator and stays."""
+        with self._lock:
+            vm = self._appliance_vm(appliance)
+            system = self._appliance_system_disk(appliance.name)
+            drives = _listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
+            attached = sorted(
+                d["Path"] for d in drives if self._is_replica_path(d.get("Path")) and d["Path"] != system
+            )
+            if attached:
+                raise ProviderError(
+                    f"appliance {appliance.name} still has {len(attached)} replica disk(s) attached "
+                    f"({', '.join(attached)}); detach them first"
+                )
+            self.appliances.forget(appliance.name)
+            if not _is_our_appliance(vm) or appliance.name == self.config.appliance:
+                return
+            if named(VM_STATE, vm["State"]) != "Off":
+                self._run(scripts.STOP_VM["turnoff"], {"name": vm["Name"]}, f"stopping {appliance.name}")
+            self._run(scripts.REMOVE_VM, {"name": vm["Name"]}, f"removing appliance {appliance.name}")
+            if self._vhd(system) is not None:
+                self._run(scripts.REMOVE_FILE, {"path": system}, f"deleting its system disk {system}")
+
+    def _vm_named(self, name: str) -> dict[str, Any] | None:
+        return next(
+            (
+                v
+                for v in _listed(self._run(scripts.VMS, {}, "listing VMs"))
+                if v["Name"].lower() == name.lower()
+            ),
+            None,
+        )
+
+    def _appliance_vm(self, appliance: ApplianceRef) -> dict[str, Any]:
+        if appliance.provider != self.name:
+            raise ProviderError(
+                f"appliance {appliance.name} belongs to provider {appliance.provider}, not {self.name}"
+            )
+        vm = self._vm_named(appliance.name)
+        if vm is None:
+            raise NotFound(f"appliance {appliance.name} does not exist on {self.config.host}")
+        if appliance.name != self.config.appliance and not _is_our_appliance(vm):
+            raise ProviderError(
+                f"VM {appliance.name} is not an hvmigrate appliance; it is never changed by it"
+            )
+        return vm
+
+    def _is_replica_path(self, path: str | None) -> bool:
+        """A VHDX in the tool's disk folder (``vm_path``, or ``<volume>:\\hvmigrate``)."""
+        if not path or "\\" not in path:
+            return False
+        folder = path.rsplit("\\", 1)[0].lower()
+        return folder == (self.config.vm_path or "").rstrip("\\").lower() or folder == (
+            f"{path[:2]}\\{DISK_FOLDER}".lower()
+        )
 
     # ------------------------------------------------------------ disks
 
@@ -256,9 +413,10 @@ class HypervProvider:
     # ------------------------------------------------------------ the data plane's access
 
     def attach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> DiskEndpoint:
-        """Mount the VHDX on the host without a drive letter; idempotent (a mounted one is reused)."""
+        """Mount the VHDX on the host without a drive letter (``appliance`` None), else hot-add it to the
+        appliance on SCSI; idempotent (a mounted or attached one is reused)."""
         if appliance is not None:
-            raise ProviderError("recovery appliance VMs are not built yet on Hyper-V; use appliance: host")
+            return self._attach_to_appliance(appliance, disk)
         path = self._path_of(disk)
         vhd = self._vhd(path)
         if vhd is None:
@@ -296,8 +454,78 @@ class HypervProvider:
             transport={"device": device, "vhd": path, "map_path": map_path},
         )
 
+    def _attach_to_appliance(self, appliance: ApplianceRef, disk: DiskRef) -> DiskEndpoint:
+        """Add-VMHardDiskDrive on the first free SCSI location of the running appliance (never one its
+        own disks hold); the endpoint once the guest shows the device (with an appliance_login)."""
+        # the login waits for the appliance's boot, so it comes before the provider's lock
+        login = self.appliances.login(appliance.name) if self.appliances.configured else None
+        path = self._path_of(disk)
+        with self._lock:
+            vhd = self._vhd(path)
+            if vhd is None:
+                raise NotFound(
+                    f"disk {disk.name} ({path}) does not exist on {self.config.host}; create it first"
+                )
+            vm = self._appliance_vm(appliance)
+            base = {"name": vm["Name"]}
+            drives = _listed(self._run(scripts.VM_DRIVES, base, f"reading the disks of {appliance.name}"))
+            mine = drive_at(drives, path)
+            if mine is None:
+                check_hot_add(appliance.name, vhd, path)
+                controllers = len(
+                    _listed(
+                        self._run(scripts.SCSI_CONTROLLERS, base, f"reading SCSI controllers of {vm['Name']}")
+                    )
+                )
+                free = free_scsi_slot(drives, controllers)
+                if free is None:
+                    raise ProviderError(
+                        f"appliance {appliance.name} has no free SCSI location on its {controllers} "
+                        "controller(s); detach disks, or use appliance: dedicated"
+                    )
+                if login is not None:  # a map of an earlier attachment is never trusted
+                    self.appliances.sweep_maps(login, path)
+                number, location = free
+                self._run(
+                    scripts.ADD_DISK,
+                    {**base, "path": path, "controller": "SCSI", "number": number, "location": location},
+                    f"hot-adding {path} to appliance {appliance.name} on SCSI {number}:{location}",
+                )
+                mine = {"ControllerNumber": number, "ControllerLocation": location}
+            slot = slot_of(mine)
+        if login is not None:
+            self.appliances.device(login, appliance.name, slot, disk.size, path)
+        transport: dict[str, Any] = {"appliance": appliance.name, "scsi": slot, "vhd": path}
+        if self.appliances.configured:
+            transport["map_path"] = self.appliances.map_path(path)
+        return DiskEndpoint("block", f"scsi:{slot}", disk.size, host=appliance.name, transport=transport)
+
+    def _appliance_writer(self, endpoint: DiskEndpoint) -> AgentLocation:
+        """The appliance's SSH login and the device it shows for the disk's slot now (looked up again
+        each pass: a rescan or a reboot of the appliance may rename it)."""
+        name, path = endpoint.host, str(endpoint.transport.get("vhd"))
+        if not self.appliances.configured:
+            raise ProviderError(
+                f"disk {path} is attached to appliance {name} at SCSI {endpoint.transport.get('scsi')}, and "
+                f"the writer runs inside it over SSH: set appliance_login on provider {self.name} (user, "
+                "key, host_key or known_hosts)"
+            )
+        login = self.appliances.login(name)
+        drives = _listed(self._run(scripts.VM_DRIVES, {"name": name}, f"reading the disks of {name}"))
+        mine = drive_at(drives, path)
+        if mine is None:
+            raise ProviderError(
+                f"disk {path} is not attached to appliance {name} any more; run the attach_disks step "
+                "again (migrate execute)"
+            )
+        device = self.appliances.device(login, name, slot_of(mine), endpoint.size, path)
+        return AgentLocation(login, device)
+
     def writer_location(self, endpoint: DiskEndpoint) -> AgentLocation | None:
-        """The agent on the host writing the mounted disk (``python``); None: this machine writes it."""
+        """In the appliance over SSH; else the agent on the host writing the mounted disk (``python``);
+        None: this machine writes it."""
+        if "appliance" in endpoint.transport:
+            return self._appliance_writer(endpoint)
         device = endpoint.transport.get("device", endpoint.path)
         if self.config.python:
             from orchestrator.transport.winrm_agent import WinRMTransport
@@ -314,13 +542,39 @@ class HypervProvider:
         )
 
     def detach_disk(self, appliance: ApplianceRef | None, disk: DiskRef) -> None:
-        """Dismount-VHD; idempotent (a disk not mounted, or gone, is detached)."""
+        """Dismount-VHD, or Remove-VMHardDiskDrive from the appliance (the VHDX is kept); idempotent (a
+        disk not mounted or attached, or gone, is detached)."""
         if appliance is not None:
+            self._detach_from_appliance(appliance, disk)
             return
         path = self._path_of(disk)
         vhd = self._vhd(path)
         if vhd is not None and vhd.get("DiskNumber") is not None:
             self._run(scripts.DISMOUNT_VHD, {"path": path}, f"dismounting {path}")
+
+    def _detach_from_appliance(self, appliance: ApplianceRef, disk: DiskRef) -> None:
+        path = self._path_of(disk)
+        with self._lock:
+            try:
+                vm = self._appliance_vm(appliance)
+            except NotFound:
+                return
+            drives = _listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
+            mine = drive_at(drives, path)
+            if mine is None:
+                return
+            if self.appliances.configured:  # what the guest may still cache for it, before it goes
+                self.appliances.flush(appliance.name, slot_of(mine))
+            self._run(
+                scripts.REMOVE_DISK,
+                {
+                    "name": vm["Name"],
+                    "controller": "SCSI",
+                    "number": int(mine["ControllerNumber"]),
+                    "location": int(mine["ControllerLocation"]),
+                },
+                f"hot-removing {path} from appliance {appliance.name}",
+            )
 
     # ------------------------------------------------------------ VMs
 
@@ -418,7 +672,11 @@ class HypervProvider:
     def find_vm(self, name: str) -> VmRef | None:
         """The tool's own VM ``name``; a VM of that name it did not create is not found."""
         for vm in _listed(self._run(scripts.VMS, {}, "listing VMs")):
-            if vm["Name"].lower() == name.lower() and (vm.get("Notes") or "").startswith(OWNER_PREFIX):
+            if (
+                vm["Name"].lower() == name.lower()
+                and (vm.get("Notes") or "").startswith(OWNER_PREFIX)
+                and not _is_our_appliance(vm)
+            ):
                 return VmRef(self.name, vm["Name"], vm["Name"])
         return None
 
@@ -505,6 +763,7 @@ class HypervProvider:
         return BootReport(running=True, addresses=addresses, detail=detail)
 
     def close(self) -> None:
+        self.appliances.close()
         self.winrm.close()
 
 
@@ -512,6 +771,11 @@ def _listed(value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     return value if isinstance(value, list) else [value]
+
+
+def _is_our_appliance(vm: dict[str, Any]) -> bool:
+    notes = vm.get("Notes") or ""
+    return notes.startswith(OWNER_PREFIX) and ROLE in notes.split(";")
 
 
 def _check_file_name(name: str, what: str) -> None:

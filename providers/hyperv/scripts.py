@@ -81,3 +81,10 @@ STOP_VM = {
     "shutdown": "Stop-VM -Name $hv.name -Force",
     "turnoff": "Stop-VM -Name $hv.name -TurnOff",
 }
+
+# The recovery appliance (appliance.py): its drives, a VHDX hot-added on SCSI and hot-removed again.
+VM_DRIVES = f"@(Get-VMHardDiskDrive -VMName $hv.name | Select-Object -Property ControllerType, ControllerNumber, ControllerLocation, Path) | ConvertTo-Json {DEPTH}"
+REMOVE_DISK = (
+    "Remove-VMHardDiskDrive -VMName $hv.name -ControllerType $hv.controller "
+    "-ControllerNumber $hv.number -ControllerLocation $hv.location"
+)

@@ -7,7 +7,12 @@ uses are accepted, every other name is refused as PowerShell refuses an unknown 
 enforces and a migration can trip over are enforced here with Hyper-V's wording: one VM per name, IDE only
 on generation 1 (2 controllers x 2 locations, the DVD drive New-VM adds on IDE 1:0), SCSI 4 controllers x
 64 locations, 8 synthetic + 4 legacy NICs (legacy on generation 1 only), switches that exist, a volume
-that is full, a VHD in use by a VM or mounted on the host.
+that is full, a VHD in use by a VM or mounted on the host; and a running VM's hot-plug rules: a VHDX is
+hot-added and hot-removed on SCSI only (IDE changes need the VM off), and no controller is added to it.
+
+A VM's guest boots from its disk's bytes (hyperv_guest.py); a test bed may instead have a service here
+play it (``played``: the heartbeat and the addresses the guest's KVP daemon would report), as the test
+sshd plays a recovery appliance's guest.
 
 Each VHDX is a *raw sparse file standing for the VHDX's contents*: ``D:\\VMs\\a.vhdx`` lives at
 ``<root>/D/VMs/a.vhdx.raw``. Mount-VHD gives it a disk number N and publishes it as
@@ -126,6 +131,7 @@ class HypervHost:
         self.lock = threading.RLock()
         self._mac_counter = 0
         self.fail_on: dict[str, str] = {}  # cmdlet -> error message: a host failing half-way, for tests
+        self.played: dict[str, GuestState] = {}  # lower-case VM name -> the guest a test-bed service plays
         (root / "devices").mkdir(parents=True, exist_ok=True)
         for letter in self.volumes:
             (root / letter).mkdir(exist_ok=True)
@@ -445,7 +451,8 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
                 )
         vm.state = "Running"
         drive = boot_drive(vm)
-        vm.guest = boot(vm, host.raw_file(drive) if drive else None)
+        played = host.played.get(vm.name.lower())
+        vm.guest = played if played is not None else boot(vm, host.raw_file(drive) if drive else None)
         return []
 
     @add("Stop-VM", {"Name": S_ARR, "Force": SW, "TurnOff": SW}, ("Name",))
@@ -630,6 +637,13 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
     @add("Add-VMScsiController", {"VMName": S_ARR}, ("VMName",))
     def add_scsi(b: dict[str, Any], piped: list[Any]) -> list[Any]:
         vm = one(b["VMName"], "Add-VMScsiController")
+        if vm.state != "Off":
+            raise PSError(
+                f"Failed to add device 'SCSI Controller'. The virtual machine '{vm.name}' is running: a "
+                "controller is added while it is off.",
+                category="InvalidOperation",
+                cmdlet="Add-VMScsiController",
+            )
         if vm.scsi_controllers >= MAX_SCSI_CONTROLLERS:
             raise PSError(
                 f"Failed to add device 'SCSI Controller'. '{vm.name}' already has the maximum of "
@@ -717,6 +731,11 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
     )
     def remove_drive(b: dict[str, Any], piped: list[Any]) -> list[Any]:
         vm = one(b["VMName"], "Remove-VMHardDiskDrive")
+        if b["ControllerType"] == "IDE" and vm.state != "Off":
+            raise PSError(
+                f"Cannot remove a disk from an IDE controller of running virtual machine '{vm.name}'.",
+                cmdlet="Remove-VMHardDiskDrive",
+            )
         for drive in vm.drives:
             if (drive.controller, drive.number, drive.location) == (
                 b["ControllerType"],

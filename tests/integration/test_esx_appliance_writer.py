@@ -187,12 +187,12 @@ def test_a_wrong_host_key_and_a_missing_device_are_refused(
 def test_the_login_keeps_host_key_checking_on() -> None:
     from pydantic import ValidationError
 
-    from orchestrator.playbook.models import EsxApplianceLogin
+    from orchestrator.playbook.models import ApplianceLogin
 
     with pytest.raises(ValidationError, match=r"host_key .* or known_hosts"):
-        EsxApplianceLogin(key=Path("/k"))
+        ApplianceLogin(key=Path("/k"))
     with pytest.raises(ValidationError, match=r"extra|not permitted|insecure"):
-        EsxApplianceLogin(key=Path("/k"), host_key="SHA256:x", insecure=True)
+        ApplianceLogin(key=Path("/k"), host_key="SHA256:x", insecure=True)
 
 
 # ---------------------------------------------------------------- finding the device in a real guest

@@ -99,7 +99,8 @@ def test_inventory_over_https_with_ntlm(provider: Any, bed: dict[str, Any]) -> N
         inventory = provider.inventory()
         assert inventory.type == "hyperv" and "dc01" in inventory.vms
         assert set(inventory.datastores) == {"C:", "D:"} and inventory.networks == ("LAN", "Isolated")
-        assert inventory.limits.appliance_modes == ("host",) and inventory.limits.native_format == "vhdx"
+        assert inventory.limits.appliance_modes == ("shared", "dedicated", "host")
+        assert inventory.limits.native_format == "vhdx"
         sent = bed["endpoint"].scripts[-1]
         assert "-NonInteractive" in sent.flags and sent.exit_code == 0
     finally:

@@ -623,6 +623,12 @@ def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     server(doc, 1)["target"]["appliance"] = "shared"
 
 
+@case("hyperv.appliance_login_missing", ("servers", 2, "target", "appliance"))
+def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
+    doc["providers"]["hv01"]["appliance"] = "hvm-appliance"
+    server(doc, 2)["target"]["appliance"] = "dedicated"
+
+
 @case("appliance.cold_host_live_source", ("servers", 1, "target", "appliance"))
 def _(doc: dict[str, Any], inv: Inventories, facts: Facts) -> None:
     server(doc, 1)["target"]["appliance"] = "host"  # web01's source is a running server (ssh)
