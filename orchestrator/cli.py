@@ -90,6 +90,8 @@ def main() -> None:
     A YAML playbook names the servers and where each goes; every command takes it as its first argument.
     `migrate schema` prints the playbook format; docs/playbook.md explains every field.
     """
+    # measured per command, not at import: where stdout goes can change between calls in one process
+    console.width = _width()  # type: ignore[assignment]  # None: rich asks the terminal
 
 
 @main.command()

@@ -7,9 +7,16 @@ sshd, BIND, vcsim, each started per worker on free ports) runs on the other work
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+# pytest-xdist's workers get COLUMNS=80; a serial run has none, so `migrate` assumes 150 in a pipe. Both
+# runs render the command's tables alike this way.
+os.environ["COLUMNS"] = "150"
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the items
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("libvirt") is not None:

@@ -227,6 +227,7 @@ def playbook(sim: Any, defaults: dict[str, Any] | None = None, **source: Any) ->
                 "datacenter": "DC0",
                 "cluster": "DC0_C0",
                 "datastore": "LocalDS_1",
+                "disk_writer": "datastore_path",  # the target side is not what these tests look at
             },
         },
         "servers": [

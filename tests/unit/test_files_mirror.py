@@ -211,9 +211,10 @@ def test_names_past_the_target_limits_are_skipped_and_logged(tmp_path: Path) -> 
     src = tmp_path / "src"
     src.mkdir()
     (src / "short").write_text("ok")
-    deep = os.fsencode(src)
-    while len(deep) < 4000:
+    deep = os.fsencode(src)  # as long as PATH_MAX (4096) allows with "/leaf", whatever tmp_path is
+    while len(deep) + 201 < 4085:
         deep += b"/" + b"d" * 200
+    deep += b"/" + b"d" * (4085 - len(deep) - 1)
     os.makedirs(deep)
     with open(deep + b"/leaf", "wb") as handle:
         handle.write(b"deep")
