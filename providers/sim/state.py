@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+INITIALIZED = ".initialized"  # written once the host's layout is complete
+
 
 class HostState:
     def __init__(self, root: Path, initialize: Callable[[], None] | None = None) -> None:
@@ -40,17 +42,20 @@ class HostState:
                 yield
                 return
             if self._depth == 0:
-                fresh = not (self.root / ".lock").exists()
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+                # a writer killed while laying the host out left no marker: the next one lays it out again
+                fresh = not (self.root / INITIALIZED).exists()
             self._depth += 1
             try:
                 if self._depth == 1 and not self._swept:
                     self._swept = True
                     self._sweep_orphans()
-                if self._depth == 1 and fresh and self._initialize is not None:
-                    self._initialize()
+                if self._depth == 1 and fresh:
+                    if self._initialize is not None:
+                        self._initialize()
+                    (self.root / INITIALIZED).touch()
                 yield
             finally:
                 self._depth -= 1

@@ -438,6 +438,16 @@ def test_processes_never_overcommit_a_datastore(provider: SimProvider) -> None:
     assert queue.get(timeout=5) + queue.get(timeout=5) == CAPACITY // (6 * MiB)
 
 
+def test_a_host_whose_first_writer_died_while_laying_it_out_is_laid_out_again(tmp_path: Path) -> None:
+    """kill -9 between taking the first lock and finishing the layout: the lock file exists, the rest not."""
+    root = tmp_path / "host"
+    root.mkdir()
+    (root / ".lock").touch()
+    inventory = sim(root).inventory()
+    assert all(ds.accessible for ds in inventory.datastores.values())
+    assert (root / "datastores" / "small").is_dir() and (root / "host.json").exists()
+
+
 def test_state_writes_leave_no_temporary_files(provider: SimProvider) -> None:
     disk = provider.create_disk(disk_request("d0"))
     appliance = provider.provision_appliance("sim-host-1", "a")
