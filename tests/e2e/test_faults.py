@@ -62,8 +62,13 @@ def test_ctrl_c_stops_cleanly_with_130_and_the_same_command_resumes(migration: M
     slow(m, "4MiB/s")
     process = m.start("execute", PB)
     m.wait_for_step("db01/mirror")
-    time.sleep(2.5)  # per-disk progress reaches the journal at most once a second
-    parts = json.loads(m.run("status", PB, "--json").stdout)["progress"]["db01/mirror"]
+    deadline = time.monotonic() + 30  # per-disk progress reaches the journal at most once a second
+    while True:
+        parts = json.loads(m.run("status", PB, "--json").stdout)["progress"].get("db01/mirror", [])
+        moving = len(parts) == 2 and all(p["done"] > 0 and p["rate"] > 0 for p in parts)
+        if moving or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert {p["name"] for p in parts} == {"db01-disk0", "db01-disk1"}
     assert all(0 < p["done"] <= p["total"] and p["rate"] > 0 for p in parts), parts
     assert any(p["eta"] > 0 for p in parts), parts
