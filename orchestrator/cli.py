@@ -294,7 +294,6 @@ def _keep_syncing(session: Any, journal: Any, *, verbose: bool) -> int:
     """
     import threading
 
-    from orchestrator.executor import Executor
     from orchestrator.notify import TeeObserver, notifier_for
     from orchestrator.report.live import LiveObserver
     from orchestrator.run_lock import PlanBusy, PlanLock, describe
@@ -342,14 +341,7 @@ def _keep_syncing(session: Any, journal: Any, *, verbose: bool) -> int:
                 journal.checkpoint(f"{name}/pass_request", None)
             journal.reset([_pass_step(session, name, "sync") for name in due])
             with LiveObserver(console, verbose=verbose) as observer:
-                executor = Executor(
-                    session.plan,
-                    session.playbook,
-                    journal,
-                    state_dir=session.state_dir,
-                    base_dir=session.base_dir,
-                    observer=TeeObserver(observer, notifier),
-                )
+                executor = _executor(session, journal, TeeObserver(observer, notifier))
                 running["executor"] = executor
                 if stopped.is_set():
                     return "cancelled"
@@ -448,7 +440,6 @@ def _run(
     The plan's run lock is held while steps run (one orchestrator per plan) and released before
     ``conclude``, which may take it again (`execute --keep-syncing`).
     """
-    from orchestrator.executor import Executor
     from orchestrator.journal import JournalError
     from orchestrator.notify import TeeObserver, notifier_for
     from orchestrator.report.live import LiveObserver
@@ -474,14 +465,7 @@ def _run(
         warn=lambda text: err.print(text, style="yellow", markup=False, highlight=False),
     )
     with LiveObserver(console, verbose=verbose) as observer:
-        executor = Executor(
-            session.plan,
-            session.playbook,
-            journal,
-            state_dir=session.state_dir,
-            base_dir=session.base_dir,
-            observer=TeeObserver(observer, notifier),
-        )
+        executor = _executor(session, journal, TeeObserver(observer, notifier))
         if prepare:
             prepare(executor, journal)
         selected = executor.select(phases, servers, auto_cutover=command == "execute")
@@ -517,6 +501,19 @@ def _run(
         code = max(code, conclude(journal))
     journal.close()
     sys.exit(code)
+
+
+def _executor(session: Any, journal: Any, observer: Any = None) -> Any:
+    from orchestrator.executor import Executor
+
+    return Executor(
+        session.plan,
+        session.playbook,
+        journal,
+        state_dir=session.state_dir,
+        base_dir=session.base_dir,
+        observer=observer,
+    )
 
 
 def _check_servers(session: Any, servers: list[str] | None) -> None:
@@ -793,7 +790,6 @@ def undo(
     Never touches the source's data; a source this tool shut down is started again. With --test, only
     what `migrate cutover --test` made goes: the replica and its sync state stay as they are.
     """
-    from orchestrator.executor import Executor
 
     session = _session(playbook, state_dir)
     _check_servers(session, list(servers))
@@ -815,10 +811,7 @@ def undo(
         console.print(f"  {step_id}  [dim]({', '.join(kinds)})[/]")
     if not yes and not click.confirm("proceed?", default=False):
         fail("nothing undone", 1)
-    executor = Executor(
-        session.plan, session.playbook, journal, state_dir=session.state_dir, base_dir=session.base_dir
-    )
-    undone, errors = executor.undo(chosen)
+    undone, errors = _executor(session, journal).undo(chosen)
     for step_id in undone:
         console.print(f"[magenta]   undone[/]  {step_id}")
     for step_id, message in errors.items():
