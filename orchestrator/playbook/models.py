@@ -583,9 +583,9 @@ class LinuxQuiesce(Model):
     )
 
 
-class SshSource(LinuxQuiesce):
-    type: Literal["ssh"]
-    host: str
+class SshLogin(Model):
+    """An SSH login as the transport takes it (orchestrator.transport.ssh.SshTransport.from_source)."""
+
     port: int = Field(22, ge=1, le=65535)
     user: str = "root"
     key: Path | None = None
@@ -593,6 +593,11 @@ class SshSource(LinuxQuiesce):
     known_hosts: Path | None = None
     host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
     insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
+
+
+class SshSource(LinuxQuiesce, SshLogin):
+    type: Literal["ssh"]
+    host: str
     sudo: bool = Field(
         False,
         description="when user is not root: run the agent and every privileged command (fsfreeze, lvcreate, "
@@ -624,18 +629,11 @@ class WinrmSource(Model):
     )
 
 
-class GuestLogin(LinuxQuiesce):
+class GuestLogin(LinuxQuiesce, SshLogin):
     """How the agent reaches the guest of a vm source over SSH (read: guest), and how the guest pauses
     its writes for the final pass (as an SSH source does: the quiesce options are the same)."""
 
     host: str | None = Field(None, description="default: the guest's first address VMware Tools report")
-    port: int = Field(22, ge=1, le=65535)
-    user: str = "root"
-    key: Path | None = None
-    password: SecretStr | None = None
-    known_hosts: Path | None = None
-    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
-    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
     sudo: bool = False
     devices: dict[str, str] = Field(
         default_factory=dict,
@@ -732,18 +730,11 @@ class PathMap(Model):
         return "/" + "/".join(p for p in value.split("/") if p)
 
 
-class DataTarget(Model):
+class DataTarget(SshLogin):
     """The server that receives the data: it already runs its own OS, so nothing is provisioned on it."""
 
     type: Literal["ssh"]
     host: str
-    port: int = Field(22, ge=1, le=65535)
-    user: str = "root"
-    key: Path | None = None
-    password: SecretStr | None = None
-    known_hosts: Path | None = None
-    host_key: str | None = Field(None, description="pinned host key fingerprint, SHA256:...")
-    insecure: bool = Field(False, description="accept any host key (explicit opt-in only)")
     sudo: bool = Field(False, description="run the files agent under `sudo -n` when user is not root")
 
 
