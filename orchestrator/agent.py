@@ -1233,19 +1233,7 @@ def discover(paths: list[str] | None = None) -> dict[str, Any]:
 
 
 def main() -> int:
-    # The protocol owns fd 1: anything else printing (a library, a warning) goes to stderr instead.
-    protocol_out = os.dup(1)
-    os.dup2(2, 1)
-    for fd in (0, protocol_out):
-        wire.widen_pipe(fd)
-    channel = wire.FrameChannel(wire.FdStream(0, protocol_out, "the orchestrator"), "the orchestrator")
-    try:
-        return Agent(channel).serve()
-    except wire.StreamClosed as exc:
-        log(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return wire.serve_stdio(lambda channel: Agent(channel).serve(), log)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Paths travel as hex in JSON and as bytes in batches.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import sys
 import threading
@@ -209,18 +208,7 @@ class FilesAgent:
 
 
 def main() -> int:
-    protocol_out = os.dup(1)
-    os.dup2(2, 1)
-    for fd in (0, protocol_out):
-        wire.widen_pipe(fd)
-    channel = wire.FrameChannel(wire.FdStream(0, protocol_out, "the orchestrator"), "the orchestrator")
-    try:
-        return FilesAgent(channel).serve()
-    except wire.StreamClosed as exc:
-        log(str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return wire.serve_stdio(lambda channel: FilesAgent(channel).serve(), log)
 
 
 if __name__ == "__main__":

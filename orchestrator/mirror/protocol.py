@@ -503,3 +503,20 @@ class FrameChannel:
         )
         self.received_bytes += HEADER_SIZE + len(frame.payload)
         return frame
+
+
+def serve_stdio(serve: Callable[[FrameChannel], int], log: Callable[[str], None]) -> int:
+    """An agent's entry point: the protocol owns fd 0 and fd 1, anything else printing (a library, a
+    warning) goes to stderr instead; a peer gone is exit 1, Ctrl-C exit 130."""
+    protocol_out = os.dup(1)
+    os.dup2(2, 1)
+    for fd in (0, protocol_out):
+        widen_pipe(fd)
+    channel = FrameChannel(FdStream(0, protocol_out, "the orchestrator"), "the orchestrator")
+    try:
+        return serve(channel)
+    except StreamClosed as exc:
+        log(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
