@@ -12,7 +12,6 @@ laid out as a VMware guest's.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from providers.base import DiskRequest, ProviderError
-from tests.images import sha256
+from tests.appliance_passes import full_then_incremental, make_source
 from tests.services import sshd as sshd_service
 from tests.services import vcsim as vcsim_service
 
@@ -33,7 +32,6 @@ vcenter_sim = vcsim_service.vcenter_sim
 sshd_server = sshd_service.sshd_server
 
 MiB = 1024**2
-CHUNK = 64 * 1024
 APPLIANCE = "hvm-appliance-w"
 
 
@@ -101,15 +99,12 @@ def own_disks(vm: Any) -> list[tuple[int, str]]:
 def test_full_and_incremental_pass_through_the_agent_inside_the_appliance(
     vcenter_sim: Any, admin: Any, appliance_vm: Any, sshd_server: Any, tmp_path: Path
 ) -> None:
-    from orchestrator.mirror.route import DiskCopy, copy_disk
     from orchestrator.transport.ssh import SshTransport
-    from providers.base import AgentLocation
 
     flat = datastore_dir(admin, "LocalDS_1") / "hvmigrate" / "w-disk" / "w-disk-flat.vmdk"
     maps = tmp_path / "appliance-root" / "maps"
     provider = make_provider(vcenter_sim, sshd_server, maps, {"0:1": str(flat)})
-    source = tmp_path / "source.raw"
-    source.write_bytes(os.urandom(2 * MiB) + bytes(4 * MiB) + b"the end of the source".ljust(2 * MiB, b"."))
+    source = make_source(tmp_path / "source.raw")
     disk = provider.create_disk(DiskRequest("w-disk", 8 * MiB, "vmdk", "LocalDS_1"))
     before = own_disks(appliance_vm)
     try:
@@ -122,31 +117,7 @@ def test_full_and_incremental_pass_through_the_agent_inside_the_appliance(
         assert isinstance(writer.transport, SshTransport) and writer.path == str(flat)
         assert writer.transport.server_fingerprint == sshd_server.fingerprint  # checked, not learnt
 
-        def run(mode: str) -> Any:
-            location = provider.writer_location(endpoint)
-            copy = DiskCopy(
-                AgentLocation(None, str(source)),
-                location,
-                "w:disk0",
-                CHUNK,
-                mode,
-                map_path=map_path,
-            )
-            return copy_disk(copy, open_reader=lambda: None)
-
-        full = run("full")  # the reader here, the writer in the "appliance", over SSH
-        assert sha256(flat) == sha256(source)
-        assert full.bytes_written == 4 * MiB and full.zero_bytes_skipped == 4 * MiB
-        assert Path(map_path).is_file()  # the block map on the appliance's root, not beside the device
-
-        with source.open("r+b") as handle:  # two chunks change on the running source
-            handle.seek(CHUNK * 3)
-            handle.write(b"\x01" * CHUNK)
-            handle.seek(6 * MiB)
-            handle.write(b"new data".ljust(CHUNK, b"!"))
-        incremental = run("incremental")
-        assert sha256(flat) == sha256(source)
-        assert incremental.bytes_written == 2 * CHUNK, incremental
+        full_then_incremental(provider, endpoint, source, flat, map_path, "w:disk0")
 
         provider.detach_disk(appliance, disk)
         assert own_disks(appliance_vm) == before

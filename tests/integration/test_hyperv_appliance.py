@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,11 +24,13 @@ import pytest
 
 from orchestrator.playbook.models import HypervProviderConfig
 from orchestrator.transport.winrm import PowerShellError
-from providers.base import AgentLocation, DiskRequest, ProviderError, VmRequest
+from providers.base import DiskRequest, ProviderError, VmRequest
 from providers.hyperv import HypervProvider, scripts
+from tests.appliance_passes import full_then_incremental, make_source
 from tests.fakes.hyperv_guest import GuestState
 from tests.fakes.hyperv_host import VM, Drive, HypervHost, Nic
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
+from tests.images import sha256
 from tests.services import sshd as sshd_service
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,6 @@ pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[
 sshd_server = sshd_service.sshd_server
 
 MiB = 1024**2
-CHUNK = 64 * 1024
 USER, PASSWORD = "migrator", "Pa$$w0rd;'\"x"
 APPLIANCE = "hvm-appliance-admin"
 SYSTEM = "D:\\appliances\\admin-system.vhdx"
@@ -105,23 +105,17 @@ def drives(host: HypervHost, name: str) -> list[tuple[str, int, int, str | None]
     return [(d.controller, d.number, d.location, d.path) for d in host.vms[name.lower()].drives]
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_full_and_incremental_pass_through_the_agent_inside_the_appliance(
     bed: dict[str, Any], sshd_server: Any, tmp_path: Path
 ) -> None:
-    from orchestrator.mirror.route import DiskCopy, copy_disk
     from orchestrator.transport.ssh import SshTransport
 
     host: HypervHost = bed["host"]
     vhdx = "D:\\hvmigrate\\app-disk0.vhdx"
     raw = host.raw_file(vhdx)
     provider = make_provider(bed, sshd_server, {"0:1": str(raw)})
-    source = tmp_path / "source.raw"
-    source.write_bytes(os.urandom(2 * MiB) + bytes(4 * MiB) + b"the end of the source".ljust(2 * MiB, b"."))
-    system_before = sha(host.raw_file(SYSTEM))
+    source = make_source(tmp_path / "source.raw")
+    system_before = sha256(host.raw_file(SYSTEM))
     disk = provider.create_disk(DiskRequest("app-disk0", 8 * MiB, "vhdx", "D:"))
     replica = None
     try:
@@ -136,31 +130,8 @@ def test_full_and_incremental_pass_through_the_agent_inside_the_appliance(
         assert isinstance(writer.transport, SshTransport) and writer.path == str(raw)
         assert writer.transport.server_fingerprint == sshd_server.fingerprint  # checked, not learnt
 
-        def run(mode: str) -> Any:
-            copy = DiskCopy(
-                AgentLocation(None, str(source)),
-                provider.writer_location(endpoint),
-                "app:disk0",
-                CHUNK,
-                mode,
-                map_path=map_path,
-            )
-            return copy_disk(copy, open_reader=lambda: None)
-
-        full = run("full")  # the reader here, the writer in the "appliance", over SSH
-        assert sha(raw) == sha(source)
-        assert full.bytes_written == 4 * MiB and full.zero_bytes_skipped == 4 * MiB
-        assert Path(map_path).is_file()  # the block map on the appliance's root
-
-        with source.open("r+b") as handle:  # two chunks change on the running source
-            handle.seek(CHUNK * 3)
-            handle.write(b"\x01" * CHUNK)
-            handle.seek(6 * MiB)
-            handle.write(b"new data".ljust(CHUNK, b"!"))
-        incremental = run("incremental")
-        assert sha(raw) == sha(source)
-        assert incremental.bytes_written == 2 * CHUNK, incremental
-        assert sha(host.raw_file(SYSTEM)) == system_before  # the appliance's own disk never touched
+        full_then_incremental(provider, endpoint, source, raw, map_path, "app:disk0")
+        assert sha256(host.raw_file(SYSTEM)) == system_before  # the appliance's own disk never touched
 
         # One VHDX on one VM at a time: the replica cannot take it while the appliance holds it.
         request = VmRequest("app01", None, 1, 512 * MiB, "uefi", (disk,), (), generation=2)
@@ -189,7 +160,7 @@ def test_full_and_incremental_pass_through_the_agent_inside_the_appliance(
         provider.detach_disk(provider.find_appliance("HV01", APPLIANCE), disk)
         provider.delete_disk(disk)
         provider.close()
-    assert sha(host.raw_file(SYSTEM)) == system_before
+    assert sha256(host.raw_file(SYSTEM)) == system_before
 
 
 def test_a_mounted_vhdx_is_not_attached_and_hyperv_hot_plug_rules_hold(
