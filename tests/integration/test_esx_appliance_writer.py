@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,11 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+admin = vcsim_service.vcenter_admin  # the administrator's own session, by the name the tests ask for
 sshd_server = sshd_service.sshd_server
 
 MiB = 1024**2
 APPLIANCE = "hvm-appliance-w"
-
-
-@pytest.fixture(scope="module")
-def admin(vcenter_sim: Any) -> Iterator[Any]:
-    instance = vcenter_sim.admin()
-    yield instance
-    instance.content.sessionManager.Logout()
 
 
 @pytest.fixture(scope="module")

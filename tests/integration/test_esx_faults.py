@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+vcenter_admin = vcsim_service.vcenter_admin
 
 MiB = 1024**2
 REPO = Path(__file__).resolve().parents[2]
@@ -40,11 +40,9 @@ PASSWORD_ENV = "HVM_TEST_VC_PASSWORD"
 
 
 @pytest.fixture(scope="module")
-def admin(vcenter_sim: Any) -> Iterator[Any]:
-    instance = vcenter_sim.admin()
-    vcsim_service.deploy_appliance(instance, "hvm-appliance")
-    yield instance
-    instance.content.sessionManager.Logout()
+def admin(vcenter_admin: Any) -> Any:
+    vcsim_service.deploy_appliance(vcenter_admin, "hvm-appliance")
+    return vcenter_admin
 
 
 def playbook(tmp_path: Path, server: Any, vm_name: str) -> Path:

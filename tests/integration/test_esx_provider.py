@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+admin = vcsim_service.vcenter_admin  # the administrator's own session, by the name the tests ask for
 esx_sim = vcsim_service.esx_sim
 
 MiB = 1024**2
@@ -45,14 +46,6 @@ def provider(vcenter_sim: Any) -> Iterator[Any]:
     made = make_provider(vcenter_sim)
     yield made
     made.close()
-
-
-@pytest.fixture(scope="module")
-def admin(vcenter_sim: Any) -> Iterator[Any]:
-    """The administrator's own session: to look at what the provider did, never through it."""
-    instance = vcenter_sim.admin()
-    yield instance
-    instance.content.sessionManager.Logout()
 
 
 def admin_vm(admin: Any, name: str) -> Any:

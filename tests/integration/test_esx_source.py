@@ -32,6 +32,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+admin = vcsim_service.vcenter_admin  # the administrator's own session, by the name the tests ask for
 sshd_server = sshd_service.sshd_server
 
 MiB = 1024**2
@@ -58,13 +59,6 @@ def wait(task: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _password(vcenter_sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, vcenter_sim.password)
-
-
-@pytest.fixture(scope="module")
-def admin(vcenter_sim: Any) -> Iterator[Any]:
-    instance = vcenter_sim.admin()
-    yield instance
-    instance.content.sessionManager.Logout()
 
 
 def find(admin: Any, kind: Any, name: str) -> Any:

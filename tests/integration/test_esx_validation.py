@@ -9,7 +9,6 @@ doing of the one thing its test changed. Host states are changed with the admini
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("pyVmomi", reason="pyvmomi is missing: pip install 'hvmigrate[esx]'")
 
 vcenter_sim = vcsim_service.vcenter_sim
+admin = vcsim_service.vcenter_admin  # the administrator's own session, by the name the tests ask for
 
 MiB, GiB = 1024**2, 1024**3
 PASSWORD_ENV = "HVM_TEST_VCSIM_PASSWORD"
@@ -34,14 +34,6 @@ FOREIGN_VM = "DC0_C0_RP0_VM0"  # made by vcsim's model: somebody else's VM
 @pytest.fixture(autouse=True)
 def _password(vcenter_sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSWORD_ENV, vcenter_sim.password)
-
-
-@pytest.fixture(scope="module")
-def admin(vcenter_sim: Any) -> Iterator[Any]:
-    """The administrator's own session: changes what vCenter reports, never through the provider."""
-    instance = vcenter_sim.admin()
-    yield instance
-    instance.content.sessionManager.Logout()
 
 
 def playbook_for(sim: Any, **target: Any) -> dict[str, Any]:

@@ -256,6 +256,15 @@ def vcenter_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
 
 
 @pytest.fixture(scope="module")
+def vcenter_admin(vcenter_sim: Vcsim) -> Iterator[Any]:
+    """The administrator's own session on ``vcenter_sim``: to set up or look at what vCenter reports,
+    never through the provider."""
+    instance = vcenter_sim.admin()
+    yield instance
+    instance.content.sessionManager.Logout()
+
+
+@pytest.fixture(scope="module")
 def esx_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vcsim]:
     _skip_without_tools()
     with running_vcsim("esx", tmp_path_factory.mktemp("vcsim-esx")) as server:
