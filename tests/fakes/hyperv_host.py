@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .hyperv_guest import GuestState, boot, boot_drive
-from .powershell import Cmdlet, Param, PSError, PSObject, to_json
+from .powershell import Cmdlet, Param, PSError, PSObject
 
 GiB = 1024**3
 MAX_SYNTHETIC_NICS = 8
@@ -292,31 +292,6 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
         if len(names) != 1:
             raise PSError(f"{cmdlet}: the stand-in takes exactly one VM name.", cmdlet=cmdlet)
         return host.vm(names[0], cmdlet)
-
-    # -- generic
-    @add("Select-Object", {"Property": S_ARR}, ("Property",), pipeline="any")
-    def select_object(b: dict[str, Any], piped: list[Any]) -> list[Any]:
-        out = []
-        for item in piped:
-            if not isinstance(item, PSObject):
-                raise PSError("Select-Object: the stand-in selects properties of objects only.")
-            out.append(PSObject("Selected." + item.type_name, {p: item.get_prop(p) for p in b["Property"]}))
-        return out
-
-    @add("ConvertTo-Json", {"Depth": Param("int32", minimum=0, maximum=100), "Compress": SW}, pipeline="any")
-    def convert_to_json(b: dict[str, Any], piped: list[Any]) -> list[Any]:
-        import json
-
-        if not piped:
-            return []
-        value = piped[0] if len(piped) == 1 else piped
-        depth = b.get("Depth", 2)
-        text = json.dumps(to_json(value, depth, enums=json_enums), separators=(",", ":"))
-        return [text if b.get("Compress") else json.dumps(json.loads(text), indent=4)]
-
-    @add("Out-Null", {}, pipeline="any")
-    def out_null(b: dict[str, Any], piped: list[Any]) -> list[Any]:
-        return []
 
     # -- host facts
     @add("Get-VMHost", {})
@@ -922,7 +897,9 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
             vm.snapshots.remove(name)
         return []
 
-    return {c.name.lower(): c for c in cmdlets}
+    from .ps_generic import generic_cmdlets  # it takes json_enums from here
+
+    return {**generic_cmdlets(), **{c.name.lower(): c for c in cmdlets}}
 
 
 def _mac(host: HypervHost) -> str:

@@ -1,7 +1,6 @@
 """The Microsoft.PowerShell.Utility cmdlets every stand-in machine needs (test stand-in only).
 
-hyperv_host.py registers the same three for a Hyper-V host; a WinRM endpoint that stands for another
-Windows machine (a DNS server, a source server) gets them from here, with the same strictness:
+Every stand-in machine (a Hyper-V host, a DNS server, a source server) gets them from here:
 Select-Object takes -Property only and fails on a property the object lacks (as StrictMode does when a
 script reads one), ConvertTo-Json prints enums as numbers and cuts objects past -Depth as 5.1 does.
 """
