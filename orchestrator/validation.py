@@ -1786,39 +1786,24 @@ def check_appliance_mode(context: Context) -> Iterator[Finding]:
 
 
 @check
-def check_esx_appliance_login(context: Context) -> Iterator[Finding]:
+def check_appliance_login(context: Context) -> Iterator[Finding]:
+    """A provider whose writer runs inside its recovery appliance over SSH needs the login to it: ESX
+    when disk_writer is appliance, Hyper-V when an appliance is named or made from a template."""
     for path, server in context.servers():
         config = context.playbook.providers.get(server.target.provider)
-        if (
-            server.target.appliance == "host"
-            or not isinstance(config, EsxProviderConfig)
-            or config.disk_writer != "appliance"
-            or config.appliance_login is not None
-        ):
+        if isinstance(config, EsxProviderConfig):
+            rule, writes_inside = "esx.appliance_login_missing", config.disk_writer == "appliance"
+        elif isinstance(config, HypervProviderConfig):
+            rule, writes_inside = (
+                "hyperv.appliance_login_missing",
+                bool(config.appliance or config.appliance_template),
+            )
+        else:
+            continue
+        if server.target.appliance == "host" or not writes_inside or config.appliance_login is not None:
             continue
         yield context.finding(
-            "esx.appliance_login_missing",
-            f"{server.name}: provider {server.target.provider} writes replica disks inside the recovery "
-            "appliance over SSH, and has no appliance_login",
-            path=(*path, "target", "appliance"),
-            server=server.name,
-        )
-
-
-@check
-def check_hyperv_appliance_login(context: Context) -> Iterator[Finding]:
-    """A Hyper-V provider with an appliance (named or from a template) needs the SSH login to it."""
-    for path, server in context.servers():
-        config = context.playbook.providers.get(server.target.provider)
-        if (
-            server.target.appliance == "host"
-            or not isinstance(config, HypervProviderConfig)
-            or not (config.appliance or config.appliance_template)
-            or config.appliance_login is not None
-        ):
-            continue
-        yield context.finding(
-            "hyperv.appliance_login_missing",
+            rule,
             f"{server.name}: provider {server.target.provider} writes replica disks inside the recovery "
             "appliance over SSH, and has no appliance_login",
             path=(*path, "target", "appliance"),
