@@ -19,19 +19,17 @@ import pytest
 
 from orchestrator.mirror.errors import MirrorError
 from orchestrator.mirror.route import DiskCopy, copy_disk
-from orchestrator.playbook.models import HypervProviderConfig
 from orchestrator.transport.winrm_agent import WinRMTransport
 from providers.base import AgentLocation, DiskRequest, ProviderError
 from providers.hyperv import HypervProvider
+from tests.fakes.hyperv_bed import hyperv_bed, hyperv_config
 from tests.fakes.hyperv_host import HypervHost
-from tests.fakes.winrm_server import WinRMStandIn, mint_tls
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
 
 MiB = 1024**2
 CHUNK = 256 * 1024
-USER, PASSWORD = "migrator", "Pa$$w0rd;'\"x"
 PYTHON = "C:\\Python311\\python.exe"
 
 
@@ -39,24 +37,12 @@ PYTHON = "C:\\Python311\\python.exe"
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hvagent")
     host = HypervHost(root / "host", volumes={"C": 1024 * MiB, "D": 64 * MiB}, python=PYTHON)
-    tls = mint_tls(root / "tls")
-    endpoint = WinRMStandIn(host, users={USER: PASSWORD}, tls=tls).start()
-    yield {"host": host, "endpoint": endpoint, "tls": tls, "root": root}
-    endpoint.stop()
+    with hyperv_bed(root, host) as made:
+        yield made
 
 
 def make_provider(bed: dict[str, Any], **overrides: Any) -> HypervProvider:
-    options: dict[str, Any] = {
-        "type": "hyperv",
-        "host": "localhost",
-        "port": bed["endpoint"].port,
-        "user": f"CORP\\{USER}",
-        "password": PASSWORD,
-        "ca_bundle": bed["tls"].ca_file,
-        "python": PYTHON,
-        **overrides,
-    }
-    return HypervProvider("hv01", HypervProviderConfig(**options))
+    return HypervProvider("hv01", hyperv_config(bed, **{"python": PYTHON, **overrides}))
 
 
 def source_image(path: Path, size: int) -> Path:

@@ -22,14 +22,13 @@ from typing import Any
 
 import pytest
 
-from orchestrator.playbook.models import HypervProviderConfig
 from orchestrator.transport.winrm import PowerShellError
 from providers.base import DiskRequest, ProviderError, VmRequest
 from providers.hyperv import HypervProvider, scripts
 from tests.appliance_passes import full_then_incremental, make_source
+from tests.fakes.hyperv_bed import hyperv_bed, hyperv_config
 from tests.fakes.hyperv_guest import GuestState
 from tests.fakes.hyperv_host import VM, Drive, HypervHost, Nic
-from tests.fakes.winrm_server import WinRMStandIn, mint_tls
 from tests.images import sha256
 from tests.services import sshd as sshd_service
 
@@ -39,7 +38,6 @@ pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[
 sshd_server = sshd_service.sshd_server
 
 MiB = 1024**2
-USER, PASSWORD = "migrator", "Pa$$w0rd;'\"x"
 APPLIANCE = "hvm-appliance-admin"
 SYSTEM = "D:\\appliances\\admin-system.vhdx"
 
@@ -68,10 +66,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         nics=[Nic("Network Adapter", "LAN", "00155D00AA01", False, False)],
         guest=played_guest(),
     )
-    tls = mint_tls(root / "tls")
-    endpoint = WinRMStandIn(host, users={USER: PASSWORD}, tls=tls).start()
-    yield {"host": host, "endpoint": endpoint, "tls": tls}
-    endpoint.stop()
+    with hyperv_bed(root, host) as made:
+        yield made
 
 
 def make_provider(
@@ -87,18 +83,8 @@ def make_provider(
         "boot_timeout": 5,
         "device_timeout": 2,
     }
-    options: dict[str, Any] = {
-        "type": "hyperv",
-        "host": "localhost",
-        "port": bed["endpoint"].port,
-        "user": f"CORP\\{USER}",
-        "password": PASSWORD,
-        "ca_bundle": bed["tls"].ca_file,
-        "appliance": APPLIANCE,
-        "appliance_login": login,
-        **overrides,
-    }
-    return HypervProvider("hv01", HypervProviderConfig(**options))
+    config = hyperv_config(bed, **{"appliance": APPLIANCE, "appliance_login": login, **overrides})
+    return HypervProvider("hv01", config)
 
 
 def drives(host: HypervHost, name: str) -> list[tuple[str, int, int, str | None]]:

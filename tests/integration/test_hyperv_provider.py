@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from providers.base import DiskRequest, NicRequest, NotFound, ProviderError, VmRequest
+from tests.fakes.hyperv_bed import PASSWORD, USER, hyperv_bed, hyperv_config
 from tests.fakes.hyperv_host import VM as HostVM
 from tests.fakes.hyperv_host import HypervHost, Nic
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
@@ -24,34 +25,20 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
 
 MiB = 1024**2
-USER, PASSWORD = "migrator", "Pa$$w0rd;'\"x"
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hyperv")
-    host = HypervHost(root / "host", volumes={"C": 8 * 1024 * MiB, "D": 64 * MiB})
-    tls = mint_tls(root / "tls")
-    endpoint = WinRMStandIn(host, users={USER: PASSWORD}, tls=tls).start()
-    yield {"host": host, "endpoint": endpoint, "tls": tls, "root": root}
-    endpoint.stop()
+    with hyperv_bed(root, HypervHost(root / "host", volumes={"C": 8 * 1024 * MiB, "D": 64 * MiB})) as made:
+        yield made
 
 
 def make_provider(bed: dict[str, Any], **overrides: Any) -> Any:
-    from orchestrator.playbook.models import HypervProviderConfig
     from providers.hyperv import HypervProvider
 
-    options: dict[str, Any] = {
-        "type": "hyperv",
-        "host": "localhost",
-        "port": bed["endpoint"].port,
-        "user": f"CORP\\{USER}",
-        "password": PASSWORD,
-        "ca_bundle": bed["tls"].ca_file,
-        "host_device_dir": bed["host"].root / "devices",
-    }
-    options.update(overrides)
-    return HypervProvider("hv01", HypervProviderConfig(**options))
+    config = hyperv_config(bed, host_device_dir=bed["host"].root / "devices", **overrides)
+    return HypervProvider("hv01", config)
 
 
 @pytest.fixture
