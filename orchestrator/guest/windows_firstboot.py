@@ -13,9 +13,8 @@ As everything sent over WinRM, the script is a fixed body plus a data block (orc
 `compose`): addresses, MACs and package names are data, never PowerShell. Which lines the body has depends
 only on the shape of the NIC map (a gateway or not, DNS servers or not).
 
-Not built: placing the script in the replica's Windows volume and registering it to run at first boot
-(an NTFS write and an offline registry edit, e.g. a RunOnce entry or a scheduled task via hivex). The
-script text is generated and checked here; staging a Windows replica fails with that said.
+`orchestrator.guest.windows` places the script in the replica's Windows volume (ntfs-3g, not mounted)
+and registers it to run once before the first logon (Winlogon's SYSTEM\\Setup hook, edited with hivex).
 """
 
 from __future__ import annotations

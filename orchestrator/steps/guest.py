@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orchestrator.guest.changes import RECORDS_DIR
 from orchestrator.guest.findings import Finding
 from orchestrator.guest.fstab import DEFAULT_CONTROLLER, TargetDisk
+from orchestrator.guest.hive import HiveError
 from orchestrator.guest.linux import (
     GuestEdit,
     NicConfig,
@@ -26,6 +28,16 @@ from orchestrator.guest.linux import (
     plan_network,
     plan_system_state,
 )
+from orchestrator.guest.ntfs import NtfsError
+from orchestrator.guest.windows import (
+    SCRIPT_PATH,
+    StagingResult,
+    WindowsStagingError,
+    find_windows_volume,
+    revert_windows_staging,
+    stage_windows,
+)
+from orchestrator.guest.windows_firstboot import WindowsNic, firstboot_script
 from orchestrator.mirror.outside_edits import edited_outside_the_mirror
 from orchestrator.steps.base import Step, StepContext, StepFailed
 from orchestrator.steps.common import endpoints, facts, optional_output, replica_disks
@@ -67,16 +79,80 @@ def _staged(ctx: StepContext) -> list[list[dict[str, Any]]]:
     return [o["edits"] for o in map(lambda k: optional_output(ctx, k), STAGING_KINDS) if o and o.get("edits")]
 
 
+def _staged_windows(ctx: StepContext) -> dict[str, Any] | None:
+    stage = optional_output(ctx, "stage_system_state") or {}
+    return stage.get("windows")
+
+
 def reapply_staged_state(ctx: StepContext) -> int:
     """After a sync pass: put back what staging wrote, if staging already ran."""
     for edits in _staged(ctx):
         _apply(ctx, edits)
+    windows = _staged_windows(ctx)
+    path = boot_disk_path(ctx)
+    if windows and path is not None:
+        _apply_windows(path, windows["script"])
     return staged_edit_count(ctx)
+
+
+WINDOWS_EDITS = 3  # the first-boot script, the record of the originals, the SYSTEM hive
 
 
 def staged_edit_count(ctx: StepContext) -> int:
     """How many staged edits the replica's boot disk carries (so differs from the source by design)."""
-    return sum(len(edits) for edits in _staged(ctx))
+    return sum(len(edits) for edits in _staged(ctx)) + (WINDOWS_EDITS if _staged_windows(ctx) else 0)
+
+
+def _apply_windows(path: str, script: str) -> StagingResult:
+    """Install and register the first-boot script as one edit outside the mirror."""
+    try:
+        with edited_outside_the_mirror(path):
+            return stage_windows(path, script)
+    except (WindowsStagingError, NtfsError, HiveError) as exc:
+        raise StepFailed(str(exc)) from exc
+
+
+def _is_windows(ctx: StepContext, source: SourceFacts) -> bool:
+    if source.os in ("windows", "linux"):
+        return source.os == "windows"
+    path = boot_disk_path(ctx)  # an image source says no OS: look for a Windows volume
+    return path is not None and Path(path).is_file() and find_windows_volume(path) is not None
+
+
+def _source_platform(ctx: StepContext, source: SourceFacts) -> str | None:
+    """The hypervisor the source runs on, when it is another one than the target's (its tools must go)."""
+    provider = ctx.playbook.providers.get(source.vm.provider) if source.vm else None
+    platform = provider.type if provider is not None else None
+    return platform if platform != platform_of(ctx) else None
+
+
+def stage_windows_replica(ctx: StepContext, source: SourceFacts, hostname: str) -> dict[str, Any]:
+    """The Windows replica's first-boot script (NIC map by MAC, source tools removed), staged to run once."""
+    path = boot_disk_path(ctx)
+    nics = nic_plan(ctx, source)
+    output: dict[str, Any] = {"edits": [], "hostname": source.hostname, "log": [], "findings": []}
+    if path is None:
+        ctx.event(
+            "system state not staged: the Windows replica's boot disk is not reachable from here",
+            level="warning",
+        )
+        return output
+    if hostname.lower() != source.hostname.lower():
+        ctx.event(
+            f"a Windows replica keeps the source's name {source.hostname} (a rename would change its "
+            f"domain account); {hostname} is not staged",
+            level="warning",
+        )
+    windows_nics = [WindowsNic(n["mac"], n["ip"], n["gateway"], tuple(n["dns"])) for n in nics]
+    script = firstboot_script(windows_nics, source_platform=_source_platform(ctx, source))
+    result = _apply_windows(path, script)
+    for warning in result.warnings:
+        ctx.event(warning, level="warning")
+    ctx.event(
+        f"system state of {source.hostname}: first-boot script {SCRIPT_PATH} staged on {result.volume}; "
+        f"at first boot it configures {len(nics)} NIC(s) by MAC before the logon screen"
+    )
+    return {**output, "log": result.log, "windows": {"script": script, "nics": nics, "volume": result.volume}}
 
 
 def boot_disk_index(ctx: StepContext) -> int:
@@ -164,6 +240,8 @@ class StageSystemState(Step):
         source = facts(ctx)
         target = ctx.server.target
         hostname = target.hostname or (source.hostname if target.keep_hostname else ctx.server.name)
+        if _is_windows(ctx, source):
+            return stage_windows_replica(ctx, source, hostname)
         if not _linux_root_or_warn(ctx, source, "system state"):
             return {"edits": [], "hostname": hostname, "log": [], "findings": []}
         target = staging_target(ctx)
@@ -173,7 +251,17 @@ class StageSystemState(Step):
         return output
 
     def undo(self, ctx: StepContext) -> None:
-        """Edits live on the replica disk, which create_disks' undo removes."""
+        """Linux edits live on the replica disk, which create_disks' undo removes; a Windows replica's
+        first-boot registration is reverted from the record staging left beside the script."""
+        try:
+            path = boot_disk_path(ctx)
+        except KeyError:
+            return
+        if path is None or not Path(path).is_file() or find_windows_volume(path) is None:
+            return
+        with edited_outside_the_mirror(path):
+            for line in revert_windows_staging(path):
+                ctx.event(f"unstaged {line}")
 
 
 def mac_for(server: str, index: int) -> str:
@@ -244,8 +332,13 @@ class RemapNics(Step):
 
     def run(self, ctx: StepContext) -> dict[str, Any]:
         source = facts(ctx)
-        nics = nic_plan(ctx, source)
         stage = optional_output(ctx, "stage_system_state") or {}
+        if stage.get("windows"):
+            ctx.event(
+                f"network of {source.hostname}: set at first boot by the first-boot script {SCRIPT_PATH}"
+            )
+            return {"nics": stage["windows"]["nics"], "edits": []}
+        nics = nic_plan(ctx, source)
         hostname = stage.get("hostname") or source.hostname
         if not nics or not _linux_root_or_warn(ctx, source, "network configuration"):
             return {"nics": nics, "edits": []}
