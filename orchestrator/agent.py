@@ -15,6 +15,8 @@ After the handshake (protocol.py) the orchestrator sends REQUESTs:
   order as SAME, ZERO (markers only) or DATA (compressed when it pays), then END; an incremental read
   given ``ranges`` (what changed-block tracking says changed since the last pass) reads only the chunks
   they touch and those the target lacks, and confirms the rest as SAME from the map without reading;
+  a Windows disk (``\\\\.\\PhysicalDriveN``, its size given) may come with ``overlay`` extents, read from
+  VSS shadow devices instead of the live disk (mirror/device_reader.py);
 * ``write``: open the target (a raw file, a block device, or an NBD export by URI, its map then at the
   request's map_path) with its block map beside it, send the map, then apply what arrives through
   TargetWriter and acknowledge what is durable.
@@ -43,9 +45,11 @@ from typing import Any
 from orchestrator import __version__ as AGENT_VERSION
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.blockmap import ABSENT, DATA, ZERO
+from orchestrator.mirror.device_reader import DeviceReader, OverlayReader, check_alignment
 from orchestrator.mirror.errors import MirrorCancelled, MirrorError
 from orchestrator.mirror.file_reader import FileDiskReader, ReadAhead, changed_chunks
 from orchestrator.mirror.hashing import DIGEST_SIZE, aligned_buffer, chunk_hasher, is_zero
+from orchestrator.mirror.portable_io import is_windows_device
 from orchestrator.mirror.writer import TargetWriter
 
 DONE_THIS_PASS = 0x80  # MAP state flag: the open (resumed) pass already wrote or confirmed this chunk
@@ -311,11 +315,13 @@ class ReaderRole:
         workers: int = 2,
         ranges: list[list[int]] | None = None,
         size: int | None = None,
+        overlay: list[list[Any]] | None = None,
         **_ignored: Any,
     ) -> None:
         self.channel = channel
         self.path = path
         self.given_size = size  # from the source's discovery: what a Windows disk's size is known by
+        self.overlay = overlay or []  # (disk offset, length, shadow device): read those from the shadows
         self.ranges = ranges if mode == "incremental" else None  # a full or verify pass reads everything
         self.chunk_size = chunk_size
         self.mode = mode
@@ -334,9 +340,12 @@ class ReaderRole:
     def run(self) -> None:
         try:
             if is_windows_device(self.path):
+                check_alignment(self.path, self.given_size or 0, self.chunk_size, self.overlay)
                 reader: Any = DeviceReader(self.path, self.given_size)
             else:
                 reader = FileDiskReader(self.path)
+            if self.overlay:
+                reader = OverlayReader(reader, self.overlay)
         except OSError as exc:
             raise MirrorError(
                 f"cannot open the source disk {self.path} on {wire.this_host()}: "
@@ -542,65 +551,6 @@ class ReaderRole:
         finally:
             ahead.stop()
         self.channel.send_json(wire.END, {**self.stats, "digest": whole.hexdigest()})
-
-
-def is_windows_device(path: str) -> bool:
-    """``\\\\.\\PhysicalDrive1``, ``\\\\?\\GLOBALROOT\\Device\\...``: a disk or volume by its device name."""
-    return path.startswith(("\\\\.\\", "\\\\?\\"))
-
-
-class DeviceReader:
-    """A disk by Windows device path, read-only, of the size discovery found.
-
-    Windows has no ``SEEK_END`` answer, ``pread`` or ``SEEK_DATA`` for a disk device, and asking it for
-    the size takes an IOCTL (ctypes and a handle the CRT does not expose), so the size comes with the
-    request, read from Get-Disk by the orchestrator. Reads are positioned (``preadv`` where the platform
-    has it, else seek and read under a lock), whole chunks at chunk offsets, so they stay aligned to
-    the disk's sectors; no holes are known, so zero chunks are found by looking at them. The file is
-    opened with O_BINARY where that exists (the C runtime would translate line ends otherwise) and
-    never with O_DIRECT, which Windows does not have.
-    """
-
-    def __init__(self, path: str, size: int | None) -> None:
-        if not size or size <= 0:
-            raise MirrorError(
-                f"the size of {path} on {wire.this_host()} was not given: a Windows disk's size comes from "
-                "the source's discovery; run discovery again (migrate validate) and retry"
-            )
-        self.path = path
-        self.size = int(size)
-        self.identity = f"device:{path}:{self.size}"
-        self._lock = threading.Lock()
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0))
-
-    def read_into(self, offset: int, buf: Any) -> int:
-        view = memoryview(buf)[: max(0, min(len(buf), self.size - offset))]
-        done = 0
-        while done < len(view):
-            if hasattr(os, "preadv"):
-                got = os.preadv(self._fd, [view[done:]], offset + done)
-            else:
-                with self._lock:
-                    os.lseek(self._fd, offset + done, os.SEEK_SET)
-                    data = os.read(self._fd, len(view) - done)
-                got = len(data)
-                view[done : done + got] = data
-            if got == 0:
-                break
-            done += got
-        return done
-
-    def read(self, offset: int, length: int) -> bytes:
-        buf = bytearray(length)
-        return bytes(buf[: self.read_into(offset, buf)])
-
-    def allocated_ranges(self) -> None:
-        return None
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 # ---------------------------------------------------------------- writer role

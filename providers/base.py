@@ -273,6 +273,9 @@ class AgentLocation:
     transport: Any
     path: str
     size: int | None = None  # the disk's size where the far end cannot tell it (a Windows disk device)
+    # (disk offset, length, device) read from that device instead of ``path``: VSS shadow copies of
+    # the volumes on a Windows disk, so a pass reads the disk as of the shadow copies (a reader only)
+    overlay: tuple[tuple[int, int, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,12 @@ SHIPPED_MODULES: tuple[tuple[str, str | None, bool], ...] = (
     ("orchestrator.mirror", None, True),  # its real __init__ pulls in the orchestrator's side: not shipped
     ("orchestrator.mirror.errors", "orchestrator/mirror/errors.py", False),
     ("orchestrator.mirror.hashing", "orchestrator/mirror/hashing.py", False),
+    ("orchestrator.mirror.portable_io", "orchestrator/mirror/portable_io.py", False),
     ("orchestrator.mirror.file_reader", "orchestrator/mirror/file_reader.py", False),
     ("orchestrator.mirror.blockmap", "orchestrator/mirror/blockmap.py", False),
     ("orchestrator.mirror.nbd", "orchestrator/mirror/nbd.py", False),
     ("orchestrator.mirror.writer", "orchestrator/mirror/writer.py", False),
+    ("orchestrator.mirror.device_reader", "orchestrator/mirror/device_reader.py", False),
     ("orchestrator.mirror.protocol", "orchestrator/mirror/protocol.py", False),
     ("orchestrator.agent", "orchestrator/agent.py", False),
 )

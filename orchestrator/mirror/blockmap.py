@@ -32,8 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import portable_io
 from .errors import BlockMapMismatch, MirrorError
 from .hashing import DIGEST_SIZE, zero_digest
+from .portable_io import fdatasync, pread, pwrite_all
 
 log = logging.getLogger(__name__)
 
@@ -256,32 +258,34 @@ class BlockMap:
         for index in seed_zero():
             blockmap._states[index] = ZERO
         tmp = Path(str(path) + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, portable_io.open_flags(os.O_RDWR | os.O_CREAT | os.O_TRUNC), 0o600)
         try:
-            os.pwrite(fd, blockmap._header_bytes().ljust(HEADER_SIZE + blockmap.bitmap_size, b"\0"), 0)
+            pwrite_all(fd, blockmap._header_bytes().ljust(HEADER_SIZE + blockmap.bitmap_size, b"\0"), 0)
             absent = _pack_record(_NO_DIGEST, 0, ABSENT)
             zero = _pack_record(_NO_DIGEST, 0, ZERO)
             for start in range(0, count, _LOAD_RECORDS):
                 states = blockmap._states[start : start + _LOAD_RECORDS]
                 block = b"".join(zero if state == ZERO else absent for state in states)
-                os.pwrite(fd, block, blockmap.records_offset + start * RECORD_SIZE)
+                pwrite_all(fd, block, blockmap.records_offset + start * RECORD_SIZE)
             os.fsync(fd)
         except OSError as exc:
-            os.close(fd)
+            portable_io.close(fd)
             tmp.unlink(missing_ok=True)
             raise MirrorError(
                 f"cannot write the block map {path}: {exc.strerror}; free space beside the "
                 "target disk and run again"
             ) from None
+        # Windows renames no file that is open: closed first, opened again under its new name
+        portable_io.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        blockmap._fd = fd
+        blockmap._fd = os.open(path, portable_io.open_flags(os.O_RDWR))
         return blockmap
 
     @classmethod
     def _load(cls, path: Path) -> BlockMap:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        raw = os.pread(fd, _HEADER.size, 0)
+        fd = os.open(path, portable_io.open_flags(os.O_RDWR))
+        raw = pread(fd, _HEADER.size, 0)
         (
             _m,
             _v,
@@ -309,14 +313,14 @@ class BlockMap:
         )
         expected = blockmap.records_offset + blockmap.chunk_count * RECORD_SIZE
         if os.fstat(fd).st_size < expected:
-            os.close(fd)
+            portable_io.close(fd)
             raise MirrorError(f"block map {path} is truncated: delete it to copy the whole disk again")
-        blockmap._hot[:] = os.pread(fd, blockmap.bitmap_size, HEADER_SIZE)
+        blockmap._hot[:] = pread(fd, blockmap.bitmap_size, HEADER_SIZE)
         blockmap._hot_count = sum(bin(byte).count("1") for byte in blockmap._hot)
         states, passes, digests = blockmap._states, blockmap._passes, blockmap._digests
         for start in range(0, blockmap.chunk_count, _LOAD_RECORDS):
             wanted = min(_LOAD_RECORDS, blockmap.chunk_count - start)
-            block = os.pread(fd, wanted * RECORD_SIZE, blockmap.records_offset + start * RECORD_SIZE)
+            block = pread(fd, wanted * RECORD_SIZE, blockmap.records_offset + start * RECORD_SIZE)
             for k, (digest, pass_number_k, state, crc) in enumerate(_RECORD.iter_unpack(block)):
                 if state == ABSENT:
                     continue
@@ -354,7 +358,7 @@ class BlockMap:
             self._digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE] = _NO_DIGEST
             self._write_records(index, index + 1)
         if changed:
-            os.fdatasync(self._fd)
+            fdatasync(self._fd)
         return len(changed)
 
     def _resolve_hot_extents(self, seed_zero: Callable[[], Iterable[int]]) -> None:
@@ -419,8 +423,8 @@ class BlockMap:
             return
         self._hot[byte] |= bit
         self._hot_count += 1
-        os.pwrite(self._fd, bytes(self._hot[byte : byte + 1]), HEADER_SIZE + byte)
-        os.fdatasync(self._fd)
+        pwrite_all(self._fd, bytes(self._hot[byte : byte + 1]), HEADER_SIZE + byte)
+        fdatasync(self._fd)
 
     def flush(self, keep_hot: Iterable[int] = ()) -> None:
         """Persist changed records, then cool the hot extents, except those of the chunks in ``keep_hot``
@@ -440,7 +444,7 @@ class BlockMap:
                     continue
                 self._write_records(run_start, previous + 1)
                 run_start = previous = index
-            os.fdatasync(self._fd)
+            fdatasync(self._fd)
         if self._hot_count:
             hot = bytearray(self.bitmap_size)
             for index in keep_hot:
@@ -449,7 +453,7 @@ class BlockMap:
             if hot != self._hot:
                 self._hot[:] = hot
                 self._hot_count = sum(bin(byte).count("1") for byte in hot)
-                os.pwrite(self._fd, bytes(hot), HEADER_SIZE)
+                pwrite_all(self._fd, bytes(hot), HEADER_SIZE)
 
     def _write_records(self, start: int, stop: int) -> None:
         states, passes, digests = self._states, self._passes, self._digests
@@ -457,7 +461,7 @@ class BlockMap:
             _pack_record(bytes(digests[i * DIGEST_SIZE : (i + 1) * DIGEST_SIZE]), passes[i], states[i])
             for i in range(start, stop)
         )
-        os.pwrite(self._fd, block, self.records_offset + start * RECORD_SIZE)
+        pwrite_all(self._fd, block, self.records_offset + start * RECORD_SIZE)
 
     # ------------------------------------------------------------ passes
 
@@ -493,8 +497,8 @@ class BlockMap:
         return header + _CRC.pack(zlib.crc32(header))
 
     def _write_header(self) -> None:
-        os.pwrite(self._fd, self._header_bytes(), 0)
-        os.fdatasync(self._fd)
+        pwrite_all(self._fd, self._header_bytes(), 0)
+        fdatasync(self._fd)
 
     # ------------------------------------------------------------ reading it back
 
@@ -522,7 +526,7 @@ class BlockMap:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            portable_io.close(self._fd)
             self._fd = -1
 
 
@@ -533,6 +537,9 @@ def _bitmap_size(extent_count: int) -> int:
 
 
 def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable; Windows opens no directory (and NTFS journals the rename itself)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

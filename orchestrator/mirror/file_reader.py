@@ -1,8 +1,8 @@
 """A DiskReader over a local file or block device (raw images, the sim provider's sources, tests).
 
-It reads with pread/preadv so one reader can serve several threads, and it reports the file's holes
-(SEEK_DATA/SEEK_HOLE) so the mirror skips them without reading: a 100 GiB thin image with 3 GiB of data
-costs 3 GiB of reads.
+It reads with pread/preadv (portable_io: seek and read under a lock on Windows) so one reader can serve
+several threads, and it reports the file's holes (SEEK_DATA/SEEK_HOLE, where the platform has them) so
+the mirror skips them without reading: a 100 GiB thin image with 3 GiB of data costs 3 GiB of reads.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import portable_io
+
 _UNSUPPORTED = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE}
 
 
 def data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]] | None:
     """(offset, length) ranges of ``fd`` below ``size`` that may hold data; None when the file system
     cannot tell. Block devices report one range covering everything, which is correct, only not useful."""
+    if not portable_io.HAS_SEEK_DATA:  # Windows: no SEEK_DATA, so no holes are known
+        return None
     try:
         first = os.lseek(fd, 0, os.SEEK_DATA)
     except OSError as exc:
@@ -62,6 +66,8 @@ def changed_chunks(ranges: Iterable[tuple[int, int]], chunk_size: int, count: in
 
 def is_hole(fd: int, offset: int, length: int) -> bool:
     """True when [offset, offset+length) is known to be a hole (reads as zeros without touching the disk)."""
+    if not portable_io.HAS_SEEK_DATA:
+        return False
     try:
         return os.lseek(fd, offset, os.SEEK_DATA) >= offset + length
     except OSError as exc:
@@ -79,7 +85,7 @@ class FileDiskReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._fd = os.open(self.path, portable_io.open_flags(os.O_RDONLY))
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open source disk {self.path}: {exc.strerror}") from None
         self.size = device_size(self._fd)
@@ -110,7 +116,7 @@ class FileDiskReader:
             os.posix_fadvise(self._fd, offset, len(view), os.POSIX_FADV_DONTNEED)
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], offset + done)
+            got = portable_io.pread_into(self._fd, view[done:], offset + done)
             if got == 0:
                 break
             done += got
@@ -124,7 +130,7 @@ class FileDiskReader:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            portable_io.close(self._fd)
             self._fd = -1
 
     def __enter__(self) -> FileDiskReader:

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import portable_io
 from .errors import MirrorError
 from .hashing import DIGEST_SIZE, available_algorithms
 
@@ -393,8 +394,8 @@ def widen_pipe(fd: int) -> None:
         import fcntl
 
         fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass  # not a pipe, or above /proc/sys/fs/pipe-max-size: the default works, only slower
+    except (OSError, ImportError):
+        pass  # not a pipe, above /proc/sys/fs/pipe-max-size, or no fcntl: the default works, only slower
 
 
 class ExactReader:
@@ -438,7 +439,7 @@ class FdStream(ExactReader):
 
     def _recv_into(self, view: memoryview) -> int:
         try:
-            return os.readv(self.read_fd, [view])
+            return portable_io.readv_into(self.read_fd, view)
         except OSError as exc:
             raise StreamClosed(f"reading from {self.name} failed: {exc.strerror}") from None
 
@@ -446,7 +447,7 @@ class FdStream(ExactReader):
         views = [memoryview(part).cast("B") for part in parts if len(part)]
         while views:
             try:
-                written = os.writev(self.write_fd, views)
+                written = portable_io.writev(self.write_fd, views)
             except OSError as exc:
                 raise StreamClosed(f"writing to {self.name} failed: {exc.strerror}") from None
             while views and written >= len(views[0]):
@@ -511,6 +512,7 @@ def serve_stdio(serve: Callable[[FrameChannel], int], log: Callable[[str], None]
     protocol_out = os.dup(1)
     os.dup2(2, 1)
     for fd in (0, protocol_out):
+        portable_io.binary_stdio(fd)  # Windows: frames are bytes, never line-end translated text
         widen_pipe(fd)
     channel = FrameChannel(FdStream(0, protocol_out, "the orchestrator"), "the orchestrator")
     try:

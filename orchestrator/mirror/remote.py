@@ -75,6 +75,7 @@ def mirror_remote(
     relay_hook: RelayHook | None = None,
     changed_ranges: Sequence[tuple[int, int]] | None = None,
     source_size: int | None = None,
+    source_overlay: Sequence[tuple[int, int, str]] = (),
 ) -> RemotePassStats:
     """One pass from ``source_path`` read by an agent started through the ``source`` transport to
     ``target_path`` written by an agent started through ``target`` (see orchestrator/transport).
@@ -87,6 +88,8 @@ def mirror_remote(
     what changed-block tracking says changed since the last pass; the reader reads only those chunks
     (an agent older than this option ignores it and hashes everything, which is slower, never wrong).
     ``source_size``: the source disk's size where its agent cannot ask the disk (a Windows device path).
+    ``source_overlay``: (disk offset, length, device) extents the reader takes from those devices instead
+    of the disk (VSS shadow copies of a Windows disk's volumes: mirror/device_reader.py).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -107,6 +110,7 @@ def mirror_remote(
                     "workers": compress_workers,
                     **({} if changed_ranges is None else {"ranges": [[o, n] for o, n in changed_ranges]}),
                     **({} if source_size is None else {"size": source_size}),
+                    **({"overlay": [list(extent) for extent in source_overlay]} if source_overlay else {}),
                 },
                 write={
                     "path": target_path,

@@ -120,6 +120,7 @@ def copy_disk(
         compress_workers=copy.streams,
         changed_ranges=copy.changed_ranges,
         source_size=copy.source.size,
+        source_overlay=copy.source.overlay,
     )
 
 

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import portable_io
 from .blockmap import (
     _HEADER,
     ABSENT,
@@ -53,6 +53,7 @@ from .errors import MirrorError
 from .file_reader import data_ranges, device_size, is_hole
 from .hashing import XXH3_128, aligned_buffer, chunk_hasher, is_zero, zero_block
 from .nbd import STATE_ZERO, NbdClient, is_nbd_uri
+from .portable_io import fdatasync, pwrite_all, try_lock
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,6 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
     raise OSError(code, os.strerror(code))
 
 
-def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
 def map_identity(source_identity: str, hash_algorithm: str) -> str:
     """The identity a block map stores: the source's, tagged with the digest algorithm unless xxh3_128.
 
@@ -144,39 +137,71 @@ def _stored_algorithm(map_path: Path) -> str | None:
 
 class FileTarget:
     """A raw file or a block device, by file descriptor: creating a missing file sparse, refusing one too
-    small, and an exclusive flock so that a second writer is refused rather than interleaved."""
+    small, and an exclusive lock so that a second writer is refused rather than interleaved: an flock on
+    the target itself, or where there is no flock (Windows) an ``msvcrt`` lock of ``lock_path`` (beside
+    the block map): Windows' byte-range locks are mandatory, so a lock on the disk would keep everyone
+    else from reading its first byte.
 
-    def __init__(self, path: Path, size: int) -> None:
+    A Windows device path (``\\\\.\\PhysicalDriveN``, a mounted VHDX) is never created, fstat'd or
+    sized here: Windows tells a disk's size only through an IOCTL, and the provider made the disk at
+    least as large as the source. Raw disk I/O on Windows must be whole sectors at sector offsets; every
+    transfer here is a whole chunk at a chunk offset (chunks are powers of two of 4 KiB or more, and a
+    disk is a whole number of sectors), so that holds without a check per call.
+    """
+
+    def __init__(self, path: Path, size: int, lock_path: Path | None = None) -> None:
         self.name = str(path)
         self.fresh = False  # created here, so it reads as zeros throughout
+        self.device = portable_io.is_windows_device(path)
+        self._lock_fd = -1
+        flags = portable_io.open_flags(os.O_RDWR)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, flags)
         except FileNotFoundError:
+            if self.device:
+                raise MirrorError(
+                    f"there is no disk {path}: it is not mounted or has another number now; run the "
+                    "mirror step again to mount it and find its number",
+                    retryable=True,
+                ) from None
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
                 self.fresh = True
             except FileExistsError:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(path, flags)
             except OSError as exc:
                 raise MirrorError(f"cannot create the target disk {path}: {exc.strerror}") from None
         except OSError as exc:
             raise MirrorError(f"cannot open the target disk {path}: {exc.strerror}") from None
         self.fd = fd
         try:
+            self._lock(path, lock_path)
             self.identity = self._claim(path, size)
         except BaseException:
             self.close()
             raise
 
+    def _lock(self, path: Path, lock_path: Path | None) -> None:
+        if portable_io.fcntl is not None:
+            held = try_lock(self.fd)
+        else:
+            lock_path = lock_path or Path(str(path) + ".lock")
+            try:
+                self._lock_fd = os.open(lock_path, portable_io.open_flags(os.O_RDWR | os.O_CREAT), 0o600)
+            except OSError as exc:
+                raise MirrorError(
+                    f"cannot create {lock_path} beside the block map of {path}: {exc.strerror}; "
+                    "choose a map_path in a writable directory"
+                ) from None
+            held = try_lock(self._lock_fd)
+        if not held:
+            raise MirrorError(f"another mirror is writing {path}: wait for it to finish", retryable=True)
+
     def _claim(self, path: Path, size: int) -> int:
-        """Lock, check and (when new) size the target; returns the identity the block map keeps (inode)."""
+        """Check and (when new) size the target; returns the identity the block map keeps (inode)."""
+        if self.device:
+            return 0  # a device has no inode to tell a replaced disk by
         fd = self.fd
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MirrorError(
-                f"another mirror is writing {path}: wait for it to finish", retryable=True
-            ) from None
         info = os.fstat(fd)
         if stat.S_ISREG(info.st_mode):
             current, identity = info.st_size, info.st_ino
@@ -204,28 +229,31 @@ class FileTarget:
         return punch_hole(self.fd, offset, length)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        fdatasync(self.fd)
 
     def read_into(self, view: memoryview, offset: int) -> int:
         """Fill ``view``; fewer bytes only where the target ends."""
         done = 0
         while done < len(view):
-            got = os.preadv(self.fd, [view[done:]], offset + done)
+            got = portable_io.pread_into(self.fd, view[done:], offset + done)
             if got == 0:
                 break
             done += got
         return done
 
     def is_hole(self, offset: int, length: int) -> bool:
-        return is_hole(self.fd, offset, length)
+        return not self.device and is_hole(self.fd, offset, length)
 
     def data_ranges(self, size: int) -> Iterator[tuple[int, int]] | None:
-        return data_ranges(self.fd, size)
+        return None if self.device else data_ranges(self.fd, size)
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # releases the flock
+            portable_io.close(self.fd)  # releases the flock
             self.fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the msvcrt lock
+            self._lock_fd = -1
 
 
 class NbdTarget:
@@ -236,8 +264,8 @@ class NbdTarget:
     it is written or read back for nothing), and a zero chunk is verified without reading it. Without
     block status they are unknown, and read. The export existed before the writer, so it is never
     ``fresh``, and it has no inode to notice a replaced volume by (``identity`` 0, as for a block
-    device). The exclusive lock that keeps a second writer out is an flock on ``<map>.lock``, since the
-    export itself cannot be locked.
+    device). The exclusive lock that keeps a second writer out is held on ``<map>.lock`` (flock, or
+    msvcrt on Windows), since the export itself cannot be locked.
     """
 
     fresh = False
@@ -248,20 +276,20 @@ class NbdTarget:
         self.client: NbdClient | None = None
         lock_path = Path(str(map_path) + ".lock")
         try:
-            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.close()
-            raise MirrorError(
-                f"another mirror is writing {uri} (it holds {lock_path}): wait for it to finish",
-                retryable=True,
-            ) from None
+            self._lock_fd = os.open(lock_path, portable_io.open_flags(os.O_RDWR | os.O_CREAT), 0o600)
+            held = try_lock(self._lock_fd)
         except OSError as exc:
             self.close()
             raise MirrorError(
                 f"cannot create {lock_path} beside the block map of {uri}: {exc.strerror}; "
                 "choose a map_path in a writable directory"
             ) from None
+        if not held:
+            self.close()
+            raise MirrorError(
+                f"another mirror is writing {uri} (it holds {lock_path}): wait for it to finish",
+                retryable=True,
+            )
         try:
             self.client = NbdClient.connect(uri, writable=True)
         except BaseException:
@@ -390,11 +418,11 @@ class TargetWriter:
         self._settling: _Batch | None = None
         self._last_hot: int | None = None
         self._closing = False  # finishing or aborting: cool every extent
-        self._target = self._open_target(target_path, map_path)
+        path_of_map = Path(map_path) if map_path else map_path_for(self.path)
+        self._target = self._open_target(target_path, map_path, path_of_map)
         self.name = self._target.name
         fresh, target_ino = self._target.fresh, self._target.identity
         try:
-            path_of_map = Path(map_path) if map_path else map_path_for(self.path)
             previous = None if fresh else _stored_algorithm(path_of_map)
             if previous is not None and previous != hash_algorithm:
                 log.warning(
@@ -429,9 +457,11 @@ class TargetWriter:
 
     # ------------------------------------------------------------ opening
 
-    def _open_target(self, target_path: Path | str, map_path: Path | None) -> FileTarget | NbdTarget:
+    def _open_target(
+        self, target_path: Path | str, map_path: Path | None, path_of_map: Path
+    ) -> FileTarget | NbdTarget:
         if not is_nbd_uri(target_path):
-            return FileTarget(self.path, self.size)
+            return FileTarget(self.path, self.size, Path(str(path_of_map) + ".lock"))
         if map_path is None:
             raise MirrorError(
                 f"the target {os.fspath(target_path)} is an NBD export, which has no directory to keep its "

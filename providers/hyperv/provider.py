@@ -21,6 +21,11 @@ devices folder); elsewhere they are skipped with a warning, as on every endpoint
 open. Without ``python``, ``host_device_dir`` alone makes this machine write the mounted disk too (the
 older test-bed path).
 
+``transport: local`` is for the orchestrator running on the Hyper-V host itself: the same scripts run
+through its own ``powershell.exe`` (orchestrator/transport/local_powershell.py) and the agent writing a
+mounted disk is a local process (orchestrator/transport/local.py), ``python`` or else the orchestrator's own
+interpreter. The ``wmi`` package (root\\virtualization\\v2) is not used: nothing here can exercise it.
+
 ``appliance: shared|dedicated`` hot-adds each VHDX on SCSI to a recovery appliance VM (an existing one
 named by ``appliance``, or one made from ``appliance_template``), and the agent's writer runs inside it
 over SSH at the address its KVP daemon reports (appliance.py, sharing providers/appliance_guest.py with
@@ -39,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.playbook.models import HypervProviderConfig
-from orchestrator.transport.winrm import PowerShellError, WinRM, WinRMError, WinRMTarget
+from orchestrator.transport.local_powershell import powershell_for
+from orchestrator.transport.winrm import PowerShellError, WinRMError
 from providers.base import (
     AgentLocation,
     ApplianceRef,
@@ -86,13 +92,14 @@ class HypervProvider:
     def __init__(self, name: str, config: HypervProviderConfig) -> None:
         self.name = name
         self.config = config
-        self.winrm = WinRM(WinRMTarget.from_config(config))
+        # WinRM to the host, or this machine's powershell.exe (transport: local): the same scripts either way
+        self.winrm = powershell_for(config)
         self._hostname: str | None = None
         self.appliances = HypervApplianceAccess(self)
         self._lock = threading.RLock()  # one hot-add at a time picks a free SCSI location
 
     def __repr__(self) -> str:
-        return f"HypervProvider({self.name!r}, url={self.winrm.target.url!r})"
+        return f"HypervProvider({self.name!r}, at={self.winrm.where!r})"
 
     # ------------------------------------------------------------ running scripts
 
@@ -379,9 +386,11 @@ class HypervProvider:
         self._run(scripts.REMOVE_FILE, {"path": path}, f"deleting disk {path}")
         if self.config.host_device_dir:
             self._map_path(disk).unlink(missing_ok=True)
-        host_map = f"{path}.hvmap"  # the block map the agent on the host kept (_host_map_path)
-        if self._run(scripts.TEST_PATH, {"path": host_map}, f"looking for {host_map}"):
-            self._run(scripts.REMOVE_FILE, {"path": host_map}, f"deleting the block map {host_map}")
+        # the block map the agent on the host kept (_host_map_path), and the lock file its writer held
+        # there (Windows has no flock: mirror/portable_io.py)
+        for kept in (f"{path}.hvmap", f"{path}.hvmap.lock"):
+            if self._run(scripts.TEST_PATH, {"path": kept}, f"looking for {kept}"):
+                self._run(scripts.REMOVE_FILE, {"path": kept}, f"deleting the block map file {kept}")
 
     def clone_disk(self, source: DiskRef, request: DiskRequest) -> DiskRef:
         """Copy-Item of the VHDX between passes (the copy is the test cutover's point-in-time disk)."""
@@ -427,9 +436,14 @@ class HypervProvider:
             number = (mounted or {}).get("DiskNumber")
             if number is None:
                 raise ProviderError(f"Mount-VHD of {path} reported no disk number; dismount it and try again")
+        # offline, so that the host mounts no volume of it while the agent writes (asked again when a
+        # mounted disk is reused: something may have brought it online since)
+        self._run(
+            scripts.SET_DISK_OFFLINE, {"number": int(number)}, f"setting disk {int(number)} ({path}) offline"
+        )
         device = f"\\\\.\\PhysicalDrive{int(number)}"
         host = self._host_name()
-        if self.config.python:
+        if self.config.python or self.config.transport == "local":  # the agent on the host keeps it
             map_path: str | None = self._host_map_path(disk)
         elif self.config.host_device_dir:
             map_path = str(self._map_path(disk))
@@ -527,6 +541,12 @@ class HypervProvider:
         if "appliance" in endpoint.transport:
             return self._appliance_writer(endpoint)
         device = endpoint.transport.get("device", endpoint.path)
+        if self.config.transport == "local":
+            from orchestrator.transport.local import LocalTransport
+
+            # on the host itself: the agent is a local process (the configured python, else this one)
+            python = [self.config.python] if self.config.python else None
+            return AgentLocation(LocalTransport(python, name=self.config.host), device)
         if self.config.python:
             from orchestrator.transport.winrm_agent import WinRMTransport
 

@@ -49,6 +49,9 @@ REMOVE_FILE = "Remove-Item -LiteralPath $hv.path -Force"
 COPY_FILE = "Copy-Item -LiteralPath $hv.source -Destination $hv.path"
 MOUNT_VHD = f"Mount-VHD -Path $hv.path -NoDriveLetter -Passthru | Select-Object -Property Path, DiskNumber | ConvertTo-Json {DEPTH}"
 DISMOUNT_VHD = "Dismount-VHD -Path $hv.path"
+# Storage module: an offline disk has no volumes mounted from it, so the host neither mounts the
+# partitions a pass writes nor refuses the agent's raw writes to sectors of a mounted volume.
+SET_DISK_OFFLINE = "Set-Disk -Number $hv.number -IsOffline $true"
 
 NEW_VM = (
     "$null = New-VM -Name $hv.name -Generation $hv.generation -MemoryStartupBytes $hv.memory -Path $hv.path -NoVHD\n"

@@ -183,3 +183,14 @@ def _nics(found: Mapping[str, Any]) -> tuple[tuple[SourceNic, ...], tuple[Window
             )
         )
     return tuple(nics), tuple(settings)
+
+
+def volume_extents(found: Mapping[str, Any]) -> dict[str, tuple[str, int, int]]:
+    """Drive letter ("C") -> (disk name, offset, length) of the partition holding that volume: where a
+    shadow copy of the volume lies on its disk."""
+    extents = {}
+    for part in listed(found.get("Partitions")):
+        letter = _letter(part.get("DriveLetter"))
+        if letter and part.get("Offset") is not None and part.get("Size"):
+            extents[letter] = (disk_name(part["DiskNumber"]), int(part["Offset"]), int(part["Size"]))
+    return extents

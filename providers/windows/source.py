@@ -6,17 +6,22 @@ volume of the source (Win32_ShadowCopy.Create), yields their ids and device obje
 removes them when the pass ends, whatever happened; `release_snapshot` removes those a crashed pass left,
 from the journaled state.
 
-Reading the disks is the agent's work on the source itself (orchestrator/agent.py, stdlib-only): with
-``python:`` set (CPython 3.8+ on the source), `disk_location` hands the data plane the agent started
-through WinRM (orchestrator/transport/winrm_agent.py) reading ``\\\\.\\PhysicalDriveN``, with the size
-discovery found (Windows tells a disk's size only through an IOCTL). WinRM's shell carries the stream as
-base64 in SOAP: slower than SSH (README, Limits), but nothing has to be installed but Python.
+Reading the disks is the agent's work on the source itself (orchestrator/agent.py, stdlib-only, ported to
+Windows CPython: orchestrator/mirror/portable_io.py): with ``python:`` set (CPython 3.8+ on the source),
+`disk_location` hands the data plane the agent started through WinRM (orchestrator/transport/winrm_agent.py)
+reading ``\\\\.\\PhysicalDriveN``, with the size discovery found (Windows tells a disk's size only through
+an IOCTL). WinRM's shell carries the stream as base64 in SOAP: slower than SSH (README, Limits), but
+nothing has to be installed but Python.
 
-What a pass reads is the live disk. The shadow copies each pass takes are not what the agent reads:
-mapping each volume's shadow device (``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``) over its
-partition's extent of the disk read is not built. So a pass while the server runs is crash-consistent at
-best per chunk, not point-in-time; an incremental pass repairs what changed since, and only a pass
-after the server stopped writing (shut down, or its services stopped by you) is exact.
+Inside a pass snapshot, the disk is read as of its shadow copies: `disk_location` adds one overlay extent
+per snapshotted volume on that disk (its partition's offset and length from discovery, and the shadow's
+device, ``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``), and the agent reads those extents from
+the shadow devices and the rest of the disk live (orchestrator/mirror/device_reader.py). So every NTFS or
+ReFS volume with a drive letter is point-in-time for the pass, whatever the server writes meanwhile. Read
+live: partition tables, volumes without a letter or on other file systems (the EFI system partition,
+the recovery partition), which rarely change; an incremental pass repairs what did. The final pass
+(``take=False`` in the mirror steps: no pass snapshot) reads the live disk, which is exact only once the
+server stopped writing.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from providers.base import (
 )
 
 from . import scripts
-from .facts import bitlocker_states, facts_from_discovery, listed
+from .facts import bitlocker_states, facts_from_discovery, listed, volume_extents
 
 _GUID = re.compile(r"\{[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\}")
 # Win32_ShadowCopy.Create's return values that are worth a retry (VSS busy), and their meaning.
@@ -88,6 +93,8 @@ class WinrmSource:
         self.disks = list(disks)
         self.winrm = WinRM(WinRMTarget.from_config(config))
         self._facts: SourceFacts | None = None
+        self._found: Mapping[str, Any] = {}  # discovery as Windows answered it (partition extents)
+        self._shadows: dict[str, dict[str, str]] = {}  # volume ("C:\\") -> shadow of the running pass
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -119,6 +126,7 @@ class WinrmSource:
         except WinRMError as exc:
             raise (TransientProviderError if exc.retryable else ProviderError)(str(exc)) from None
         facts = facts_from_discovery(found or {}, bitlocker)
+        self._found = found or {}
         self._facts = facts
         return facts
 
@@ -148,7 +156,25 @@ class WinrmSource:
         from orchestrator.transport.winrm_agent import WinRMTransport
 
         transport = WinRMTransport(self.winrm, self.config.python, name=self.config.host)
-        return AgentLocation(transport, f"\\\\.\\{disk.name}", size=disk.size)
+        return AgentLocation(
+            transport, f"\\\\.\\{disk.name}", size=disk.size, overlay=self._overlay(disk.name)
+        )
+
+    def _overlay(self, disk: str) -> tuple[tuple[int, int, str], ...]:
+        """(offset, length, shadow device) of each volume on ``disk`` the running pass holds a shadow of."""
+        extents = volume_extents(self._found)
+        overlay = []
+        for volume, shadow in self._shadows.items():
+            where = extents.get(volume.rstrip(":\\").upper())
+            if where is None or where[0].lower() != disk.lower():
+                continue
+            if not shadow.get("device"):
+                raise ProviderError(
+                    f"server {self.name}: the shadow copy {shadow.get('id')} of {volume} on "
+                    f"{self.config.host} names no device to read; run the pass again (it takes a new one)"
+                )
+            overlay.append((where[1], where[2], shadow["device"]))
+        return tuple(sorted(overlay))
 
     # ------------------------------------------------------------ VSS, one snapshot per pass
 
@@ -162,8 +188,10 @@ class WinrmSource:
         try:
             for volume in self._snapshot_volumes():
                 state.shadows[volume] = self._create_shadow(volume)
+            self._shadows = dict(state.shadows)  # what disk_location overlays from now on
             yield state
         finally:
+            self._shadows = {}
             self.release_snapshot(state.to_json())
 
     def release_snapshot(self, state: Mapping[str, Any] | None) -> None:

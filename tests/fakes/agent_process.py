@@ -12,9 +12,11 @@ symbolic link per name the machine publishes: ``\\\\.\\PhysicalDriveN`` (a liter
 model's disk file (a mounted VHDX's raw file on the Hyper-V host model, a small disk file on the Windows
 source model), and ``C:``, ``D:`` to the model's volume folders, so ``D:/hvmigrate/x.hvmap`` (Win32 takes
 ``/`` for ``\\``) lands where ``D:\\hvmigrate\\x.hvmap`` is on the model. A disk that is not published (not
-mounted, no such number) does not open, as on Windows. What this does not show: the agent under Windows'
-own Python (CRT file modes, sharing and locking of a disk a volume is mounted from, sector alignment of
-raw reads), and Windows' timing.
+mounted, no such number) does not open, as on Windows. The interpreter runs with Windows' ``os`` as
+tests/fakes/windows_site/sitecustomize.py plays it: no fcntl, pread, pwrite, fdatasync or O_CLOEXEC,
+O_BINARY required, no rename of an open file, raw-disk reads and writes in whole sectors only, msvcrt
+locks. What this does not show: the agent under Windows' own Python (sharing and locking of a disk a
+volume is mounted from, what a raw disk handle answers), and Windows' timing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.mirror.agent_bundle import BOOTSTRAP
+
+from . import windows_python
 
 RECEIVE_MAX = 256 * 1024  # stdout bytes per Receive response: its base64 fits a 500 KiB envelope
 _HEX_CODE = re.compile(r"exec\(bytes\.fromhex\('([0-9a-f]+)'\)\)")
@@ -109,7 +113,7 @@ class AgentProcess:
         workdir = Path(tempfile.mkdtemp(prefix="winrm-agent-"))
         for name, target in machine.agent_names().items():
             (workdir / name).symlink_to(target)
-        environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        environment = windows_python.environment()  # Windows' os: no fcntl, pread, fdatasync, ...
         popen = subprocess.Popen(
             [sys.executable, "-c", BOOTSTRAP, str(length)],
             stdin=subprocess.PIPE,

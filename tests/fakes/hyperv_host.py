@@ -128,6 +128,7 @@ class HypervHost:
         self.vms: dict[str, VM] = {}  # lower-case name -> VM
         self.vhds: dict[str, dict[str, Any]] = {}  # lower-case path -> {path, type, size}
         self.mounted: dict[str, int] = {}  # lower-case path -> disk number
+        self.offline: set[int] = set()  # mounted disks set offline (Set-Disk -IsOffline $true)
         self.lock = threading.RLock()
         self._mac_counter = 0
         self.fail_on: dict[str, str] = {}  # cmdlet -> error message: a host failing half-way, for tests
@@ -582,6 +583,49 @@ def build_cmdlets(host: HypervHost) -> dict[str, Cmdlet]:
                     f"The disk '{path}' is not attached.", category="InvalidOperation", cmdlet="Dismount-VHD"
                 )
             host.device(number).unlink(missing_ok=True)
+            host.offline.discard(number)
+        return []
+
+    # Set-Disk (Storage): the ByNumber parameter sets, one setting per call as Microsoft lists them
+    # (PartitionStyle, IsOffline, IsReadOnly, Signature, Guid); the stand-in carries out IsOffline only.
+    @add(
+        "Set-Disk",
+        {
+            "Number": Param("int64", minimum=0, maximum=2**32 - 1),
+            "IsOffline": Param("bool"),
+            "IsReadOnly": Param("bool"),
+            "Signature": Param("int64", minimum=0, maximum=2**32 - 1),
+            "Guid": S,
+            "PartitionStyle": Param("enum", ("MBR", "GPT"), "PartitionStyle"),
+        },
+        ("Number",),
+    )
+    def set_disk(b: dict[str, Any], piped: list[Any]) -> list[Any]:
+        settings = [
+            name for name in ("IsOffline", "IsReadOnly", "Signature", "Guid", "PartitionStyle") if name in b
+        ]
+        if len(settings) != 1:
+            raise PSError(
+                "Parameter set cannot be resolved using the specified named parameters.",
+                category="InvalidArgument",
+                error_id="AmbiguousParameterSet,Set-Disk",
+                cmdlet="Set-Disk",
+            )
+        number = b["Number"]
+        if number not in host.mounted.values():
+            raise PSError(
+                f"No MSFT_Disk objects found with property 'Number' equal to '{number}'.  Verify the value of "
+                "the property and retry.",
+                category="ObjectNotFound",
+                error_id="CmdletizationQuery_NotFound_Number,Set-Disk",
+                cmdlet="Set-Disk",
+            )
+        if settings != ["IsOffline"]:
+            raise PSError(f"The stand-in sets only -IsOffline, not -{settings[0]}.", cmdlet="Set-Disk")
+        if b["IsOffline"]:
+            host.offline.add(number)
+        else:
+            host.offline.discard(number)
         return []
 
     # -- drives and controllers

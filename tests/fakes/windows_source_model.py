@@ -8,16 +8,21 @@ Get-Partition, Get-Volume), NetAdapter / NetTCPIP / DnsClient (Get-NetAdapter, G
 Set-NetIPInterface, New-NetIPAddress, Set-DnsClientServerAddress), BitLocker (Get-BitLockerVolume) and
 PackageManagement (Get-Package, Uninstall-Package), plus Where-Object's simplified -Property/-EQ/-Value
 form; only the parameters hvmigrate uses are accepted. Win32_ShadowCopy.Create returns its documented
-codes (3: volume not found; 6: no storage); a machine without the BitLocker feature has no
-Get-BitLockerVolume at all, as on Windows Server without it. Enums print as numbers, as in 5.1.
+codes (3: volume not found; 6: no storage), and a shadow copy is a real frozen copy of its volume's
+bytes (the partition's range of the disk file, copied when the shadow is made), which an agent on the
+machine opens by the shadow's device name; removing the shadow removes the copy. A machine without the
+BitLocker feature has no Get-BitLockerVolume at all, as on Windows Server without it. Enums print as
+numbers, as in 5.1.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +82,48 @@ class WindowsMachine:
     lock: threading.RLock = field(default_factory=threading.RLock)
     python: str | None = None  # where CPython is installed (C:\Python311\python.exe); None: not at all
     disk_files: dict[int, Path] = field(default_factory=dict)  # disk Number -> the file holding its bytes
+    shadows_made: int = 0  # HarddiskVolumeShadowCopyN numbers are never reused while the machine runs
+    # called with the shadow id right after a shadow copy is made: the running server writing on
+    after_shadow: Callable[[str], None] | None = None
 
     def agent_names(self) -> dict[str, Path]:
-        """Windows names an agent on this server can open: ``\\\\.\\PhysicalDriveN`` for each disk with a file."""
-        return {f"\\\\.\\PhysicalDrive{n}": path for n, path in self.disk_files.items()}
+        """Windows names an agent on this server can open: ``\\\\.\\PhysicalDriveN`` for each disk with a file,
+        and each shadow copy's device (``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``) for its frozen
+        copy of the volume's bytes."""
+        names = {f"\\\\.\\PhysicalDrive{n}": path for n, path in self.disk_files.items()}
+        names.update({s["device"]: s["file"] for s in self.shadows.values() if s.get("file")})
+        return names
+
+    def freeze(self, volume: Volume, number: int) -> Path | None:
+        """The volume's bytes as they are now, in a file of their own (its partition's range of the disk
+        file, reflinked where the file system can): what the shadow copy's device reads. None without a
+        disk file."""
+        disk = self.disk_files.get(volume.disk)
+        part = next(
+            (
+                p
+                for p in self.partitions
+                if p["DiskNumber"] == volume.disk and p["PartitionNumber"] == volume.partition
+            ),
+            None,
+        )
+        if disk is None or part is None:
+            return None
+        frozen = disk.with_name(f"{disk.name}.shadow{number}")
+        with disk.open("rb") as src, frozen.open("wb") as dst:
+            offset, left = int(part["Offset"]), int(part["Size"])
+            while left > 0:
+                copy_range = getattr(os, "copy_file_range", None)
+                done = copy_range(src.fileno(), dst.fileno(), left, offset) if copy_range else 0
+                if not done:  # no copy_file_range here: a plain copy
+                    src.seek(offset)
+                    block = src.read(min(left, 1024**2))
+                    if not block:
+                        break
+                    done = dst.write(block)
+                offset += done
+                left -= done
+        return frozen
 
     def cmdlets(self) -> dict[str, Cmdlet]:
         cmdlets = {**generic_cmdlets(), **_build(self)}
@@ -193,10 +236,17 @@ def _build(m: WindowsMachine) -> dict[str, Cmdlet]:
         if m.vss_full:
             return [_cim("__PARAMETERS", {"ReturnValue": 6, "ShadowID": None})]
         shadow_id = "{" + str(uuid.uuid4()).upper() + "}"
+        m.shadows_made += 1
         m.shadows[shadow_id] = {
             "volume": volume,
-            "device": f"\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy{len(m.shadows) + 1}",
+            "device": f"\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy{m.shadows_made}",
+            "file": m.freeze(
+                next(v for v in m.volumes if v.letter and f"{v.letter}:\\".lower() == volume.lower()),
+                m.shadows_made,
+            ),
         }
+        if m.after_shadow is not None:
+            m.after_shadow(shadow_id)
         return [_cim("__PARAMETERS", {"ReturnValue": 0, "ShadowID": shadow_id})]
 
     @add(
@@ -207,7 +257,9 @@ def _build(m: WindowsMachine) -> dict[str, Cmdlet]:
         by_value=f"{CIM}root/cimv2/Win32_ShadowCopy",
     )
     def remove_cim(b: dict[str, Any], piped: list[Any]) -> list[Any]:
-        m.shadows.pop(b["InputObject"].get_prop("ID"), None)
+        shadow = m.shadows.pop(b["InputObject"].get_prop("ID"), None)
+        if shadow and shadow.get("file"):
+            shadow["file"].unlink(missing_ok=True)
         return []
 
     # -- the machine
