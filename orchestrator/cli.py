@@ -675,15 +675,19 @@ def replicate(playbook: Path, state_dir: Path | None, server: str) -> None:
 
     A difference pass runs first, and again after a dropped connection or a full change queue. If a
     root of the set is renamed or deleted on the source, nothing is deleted on the target: replication
-    stops with a message (exit 1). Stop it before `migrate cutover`, whose final pass completes the target.
+    stops with a message (exit 1). It may go on into `migrate cutover`: the cutover waits for its queue to
+    drain, stops it (data.cutover_queue: apply or discard what is still queued) and runs the final pass.
     """
     import threading
 
+    from orchestrator.files.replicate_control import busy
     from orchestrator.files.replicate_run import replicate_server
+    from orchestrator.run_lock import PlanBusy
 
     session = _session(playbook, state_dir)
     _check_servers(session, [server])
-    lock = _plan_lock(session, f"replicate {server}")
+    # not held while replicating (a cutover must run meanwhile): only no step may be running now
+    _plan_lock(session, f"replicate {server}").release()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -695,13 +699,16 @@ def replicate(playbook: Path, state_dir: Path | None, server: str) -> None:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         console.print(f"replicating {server} continuously (Ctrl-C stops)")
-        stats = replicate_server(session.playbook, server, stop, lambda m: console.print(m, markup=False))
+        stats = replicate_server(
+            session.playbook, server, stop, lambda m: console.print(m, markup=False), session.state_dir
+        )
     except ValueError as exc:
         fail(str(exc), 2)
+    except PlanBusy as exc:
+        fail(busy(exc))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        lock.release()
     if stats.ended == "root gone":
         sys.exit(1)
 

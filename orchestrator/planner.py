@@ -344,6 +344,7 @@ DATA_CHAIN = ("validate", "mirror_files", "sync_files")
 DATA_CUTOVER_CHAIN = (
     "cutover_gate",
     "check_dns",
+    "drain_replication",  # a running `migrate replicate`: its queue drained while the source still serves
     "run_pre_script",
     "quiesce_source",  # source.quiesce: services stops the services that write the data
     "final_files_pass",

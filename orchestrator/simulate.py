@@ -390,7 +390,7 @@ class _Simulator:
             return VALIDATE_SECONDS
         if kind == "discover_source":
             return DISCOVER_SECONDS
-        if kind in ("cutover_gate", "barrier"):
+        if kind in ("cutover_gate", "barrier", "drain_replication"):
             return 0.0
         return UNKNOWN_KIND_SECONDS
 

@@ -5,12 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # libvirt-dev and pkg-config build libvirt-python; ovmf lets the UEFI tests run; lvm2 the LVM snapshot ones;
+# exfat-fuse and exfatprogs give the files tests a real case-insensitive target (exFAT through FUSE);
 # debootstrap and extlinux build the bootable guest of the test bed (cached in /var/cache/hvmigrate-testbed);
 # golang-go and golang-github-vmware-govmomi-dev build vcsim, the ESX tests' vSphere endpoint; ntfs-3g and
 # libhivex-bin stage a Windows replica (NTFS and registry hive edits without mounting).
 packages=(e2fsprogs bind9 bind9-utils openssh-server openssh-client rsync qemu-utils
   libvirt-daemon-system qemu-system-x86 libvirt-dev pkg-config ovmf dnsmasq-base lvm2
-  debootstrap extlinux syslinux-common golang-go golang-github-vmware-govmomi-dev ntfs-3g libhivex-bin)
+  debootstrap extlinux syslinux-common golang-go golang-github-vmware-govmomi-dev ntfs-3g libhivex-bin
+  exfat-fuse exfatprogs)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -9,6 +9,7 @@ Requests (JSON REQUEST frames), each answered by batches and then one RESULT:
   empty one -> PIECES batches (see tree.read_items);
 * ``hashes`` {roots, block_size}, then OPS batches of (pair, rel) -> HASHES batches of (pair, rel, digests);
 * ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written};
+* ``case`` {roots} -> RESULT {folds: whether each root ignores the case of names};
 * ``watch`` {pairs, rules, memory, limit, block_size, retries} -> OPS batches of writer operations and
   markers (replicate_source.py) until the orchestrator sends any frame -> RESULT {ended, sent}.
 
@@ -186,6 +187,12 @@ class FilesAgent:
         finally:
             applier.finish()
         return {"problems": [[p, r.hex(), m] for p, r, m in applier.problems], "written": applier.written}
+
+    def op_case(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Whether each target root ignores the case of names (case.py)."""
+        from orchestrator.files.case import folds
+
+        return {"folds": [folds(unhex(r)) for r in request["roots"]]}
 
     def op_watch(self, request: dict[str, Any]) -> dict[str, Any]:
         """Continuous replication's source half: stream changes until told to stop (replicate_source.py)."""

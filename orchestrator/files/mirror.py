@@ -25,7 +25,7 @@ from typing import Any
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.agent_session import AgentSession
 
-from . import codec
+from . import case, codec
 from .bundle import files_agent_program
 from .rules import RuleSet
 from .tree import Applier, Entry, TreeWriter, block_hashes, join, meta_tuple, read_items, scan
@@ -94,6 +94,9 @@ class LocalTree:
     def applier(self, roots: list[bytes], owners: bool, xattrs: bool, durable: bool = True) -> Any:
         writers = [TreeWriter(r, owners=owners, xattrs=xattrs, durable=durable) for r in roots]
         return _LocalApply(Applier(writers))
+
+    def case_folds(self, roots: list[bytes]) -> list[bool]:
+        return [case.folds(r) for r in roots]
 
     def close(self) -> None:
         pass
@@ -166,6 +169,9 @@ class RemoteTree:
             "apply", roots=[_hex(r) for r in roots], owners=owners, xattrs=xattrs, durable=durable
         )
         return _RemoteApply(self)
+
+    def case_folds(self, roots: list[bytes]) -> list[bool]:
+        return [bool(f) for f in self.session.request("case", roots=[_hex(r) for r in roots])["folds"]]
 
     def close(self) -> None:
         self.session.close()
@@ -244,6 +250,7 @@ class Options:
     owners: bool = True
     retries: int = 3
     durable: bool = True  # one syncfs of each target filesystem before the pass reports done
+    target_case: str = "auto"  # auto (probe each target root), sensitive, insensitive: see case.py
 
 
 def _meta_differs(a: Entry, b: Entry, options: Options) -> bool:
@@ -289,6 +296,9 @@ def mirror_pass(
         result.problems.append({"path": shown(path), "message": message})
 
     theirs: dict[tuple[int, bytes], Entry] = {(i, e.path): e for i, e in dst_entries}
+    case_renames = _match_case(target, pairs, options, result, verify_only, src_entries, theirs)
+    if case_renames is not None:
+        src_entries, theirs, case_renames = case_renames
     ours: set[tuple[int, bytes]] = set()
     ops: list[tuple] = []  # folders, links, attribute updates, removals: in scan order (parents first)
     sends: list[tuple[int, bytes, bool, bool]] = []  # (pair, rel, sparse, delta)
@@ -389,6 +399,12 @@ def mirror_pass(
     roots_dst = [p.target for p in pairs]
 
     if verify_only:
+        for index, rel, first in followers:  # another name of one file: the same file on the target too
+            mine, linked = theirs.get((index, rel)), theirs.get((index, first))
+            if mine is None or linked is None or mine.ino != linked.ino:
+                result.differences.append(
+                    _diff(pairs, index, src_by_key[(index, rel)], mine, "hard link differs")
+                )
         _verify_contents(source, target, pairs, sends, src_by_key, theirs, options, result)
         return result
 
@@ -397,6 +413,8 @@ def mirror_pass(
     digests = target.hashes(roots_dst, delta_items, options.block_size) if delta_items else {}
 
     apply = target.applier(roots_dst, options.owners, options.xattrs, options.durable)
+    for index, old, new in case_renames or ():
+        apply((b"N", index, old, new))
     for op in ops:
         apply(op)
     state: dict[str, Any] = {"current": None}
@@ -443,6 +461,46 @@ def mirror_pass(
     for index, rel, message in problems:
         result.problems.append({"path": shown(join(pairs[index].target, rel)), "message": message})
     return result
+
+
+def _match_case(
+    target: Any,
+    pairs: list[Pair],
+    options: Options,
+    result: PassResult,
+    verify_only: bool,
+    src_entries: list,
+    theirs: dict,
+) -> tuple[list, dict, list] | None:
+    """On a target that ignores case (case.py): the source's entries without names that differ only by
+    case (each reported), the target's entries under the source's spelling, and the case renames to make
+    (listed as differences by a verification). None where every target root keeps case."""
+    if options.target_case == "sensitive":
+        return None
+    if options.target_case == "insensitive":
+        folded = [True] * len(pairs)
+    else:
+        folded = target.case_folds([p.target for p in pairs])
+    if not any(folded):
+        return None
+    kept, remapped, renames, collisions = case.match(src_entries, theirs, folded)
+    for index, path, first in collisions:
+        result.problems.append(
+            {
+                "path": shown(join(pairs[index].source, path)),
+                "message": f"differs only by case from {shown(first)} and the target ignores case: skipped, "
+                "not merged (rename one of them on the source)",
+            }
+        )
+    if verify_only:
+        for index, old, new in renames:
+            result.differences.append(
+                Difference(
+                    shown(join(pairs[index].source, new)), f"named {shown(old)} on the target", None, None
+                )
+            )
+        renames = []
+    return kept, remapped, renames
 
 
 class _Stopped(Exception):

@@ -12,7 +12,10 @@ in order, one batch at a time. What the reference product does is kept:
   stops with a message, and the target copy stays as it was.
 
 A batch is applied without a ``syncfs`` (a filesystem sync per change would cap the rate at the disk's
-flush latency); the cutover's final pass makes the target durable.
+flush latency); the cutover's final pass makes the target durable. A cutover talks to a running
+replicator through ``control`` (replicate_control.py): each batch end publishes how many changes the
+source still queues, and a stop request ends the stream at a batch end (``discard``) or once the source
+is idle (``apply``).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class ReplicationStats:
     reconnects: int = 0
     problems: list[str] = field(default_factory=list)
     agent_pid: int | None = None  # the source agent streaming now (tests kill it)
-    ended: str = ""
+    queued: int = -1  # changes waiting in the source agent's queue at the last batch end (-1: not streaming)
+    discarded: int = 0  # changes a cutover's ``discard`` dropped (its final pass sends what they were)
+    ended: str = ""  # stopped, cutover (a cutover stopped it), root gone
 
 
 class Replicator:
@@ -67,8 +72,11 @@ class Replicator:
         memory: int = 10_000,
         limit: int = 1_000_000,
         reconnect_seconds: float = RECONNECT_SECONDS,
+        control: Any = None,
     ) -> None:
         self.connect = connect
+        self.control = control  # a ReplicationControl: status for, and stop requests from, a cutover
+        self.cutover: str | None = None  # the stop mode a cutover asked for, once acted on
         self.target = target
         self.pairs = pairs
         self.rules = rules
@@ -85,10 +93,12 @@ class Replicator:
         need_pass = initial_pass
         while not stop.is_set():
             source: RemoteTree | None = None
+            self._publish("connecting", -1)
             try:
                 source = self.connect()
                 self._start_watch(source)
                 if need_pass:
+                    self._publish("difference pass", -1)
                     self._difference_pass()
                     need_pass = False
                 self.watching.set()
@@ -100,7 +110,7 @@ class Replicator:
                 self.watching.clear()
                 if source is not None:
                     source.close()
-            if ended == "stopped":
+            if ended == "stopped" or self.cutover is not None:
                 break
             need_pass = True
             self.stats.reconnects += 1
@@ -108,8 +118,25 @@ class Replicator:
                 self.say("replication: changes were lost (queue full); reconnecting for a difference pass")
             else:
                 stop.wait(self.reconnect_seconds)
-        self.stats.ended = "stopped"
+        self.stats.ended = "cutover" if self.cutover is not None else "stopped"
         return self.stats
+
+    def _publish(self, state: str, queued: int) -> None:
+        self.stats.queued = queued
+        if self.control is not None:
+            self.control.publish(state, queued, force=queued <= 0, applied=self.stats.operations)
+
+    def _stop_for_cutover(self, kind: bytes, queued: int) -> bool:
+        """Whether a cutover's request ends the stream now: ``discard`` at once (this batch is applied
+        whole), ``apply`` once the source is idle with nothing queued (a heartbeat)."""
+        if self.control is None:
+            return False
+        mode = self.control.requested()
+        if mode == "discard" or (mode == "apply" and kind == b"h" and queued == 0):
+            self.cutover = mode
+            self.stats.discarded = queued if mode == "discard" else 0
+            return True
+        return False
 
     def _start_watch(self, source: RemoteTree) -> None:
         source.session.request(
@@ -162,7 +189,9 @@ class Replicator:
                         self.stats.batches += 1
                         if self._needs_pass:
                             return "overflow"
-                    if stop.is_set():
+                    queued = int(record[1]) if len(record) > 1 else 0
+                    self._publish("watching", queued)
+                    if stop.is_set() or self._stop_for_cutover(kind, queued):
                         return self._end(source)
                     continue
                 if kind == b"o":
@@ -200,8 +229,9 @@ class Replicator:
     def _end(self, source: RemoteTree) -> str:
         """Ask the agent to stop, and apply nothing more (what it still sends is for the next start)."""
         source.session.channel.send(codec.OPS)
-        for _ in self._records(source):
-            pass
+        for record in self._records(source):
+            if self.cutover == "discard" and record[0] in (b"B", b"D", b"L", b"A", b"R", b"N", b"H"):
+                self.stats.discarded += 1
         return "stopped"
 
 
@@ -215,12 +245,24 @@ def replicate(
     *,
     say: Callable[[str], None] = print,
     initial_pass: bool = True,
+    control: Any = None,
 ) -> ReplicationStats:
-    """Run a `Replicator` until ``stop``; a root going is reported through ``say`` and ends it."""
-    replicator = Replicator(connect, target, pairs, rules, options, say=say)
+    """Run a `Replicator` until ``stop`` (or a cutover's request through ``control``); a root going is
+    reported through ``say`` and ends it."""
+    replicator = Replicator(connect, target, pairs, rules, options, say=say, control=control)
     started = time.time()
     try:
-        return replicator.run(stop, initial_pass=initial_pass)
+        stats = replicator.run(stop, initial_pass=initial_pass)
+        if stats.ended == "cutover":
+            say(
+                f"replication stopped for the cutover ({replicator.cutover}): "
+                + (
+                    f"{stats.discarded} queued change(s) discarded, the final pass sends what they were"
+                    if replicator.cutover == "discard"
+                    else "every queued change applied"
+                )
+            )
+        return stats
     except RootGone as exc:
         say(f"replication stopped: {exc}")
         replicator.stats.ended = "root gone"

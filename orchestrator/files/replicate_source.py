@@ -12,8 +12,9 @@ Markers in the stream, besides writer operations:
 
 * ``(b"!", pid)`` watching has started: changes from here on are reported (the orchestrator runs its
   difference pass only after this, so nothing falls between the pass and the stream);
-* ``(b"F",)`` the operations before it form a batch the target may apply and settle now;
-* ``(b"h",)`` a heartbeat when nothing happened for a second;
+* ``(b"F", queued)`` the operations before it form a batch the target may apply and settle now; queued:
+  the changes still waiting in our queue (a cutover waits for none to be left);
+* ``(b"h", 0)`` a heartbeat when nothing happened for a second (the source is idle, the queue empty);
 * ``(b"o",)`` changes were lost (the kernel's queue or ours overflowed): the stream ends; the
   orchestrator reconnects and runs a difference pass, as the reference product does when its queue is full;
 * ``(b"r", pair)`` the root of a pair was renamed or deleted: the stream ends; the target copy is kept.
@@ -87,6 +88,9 @@ class ChangeStream:
         self.failure: str | None = None
         self.root_ids = [self._identity(root) for root in roots]
         self.sent = 0
+        # (pair, dev, ino) -> a name of a file with other names, as this stream last sent it: a new name
+        # made for it (``ln``) is linked on the target instead of travelling as a separate file
+        self.linked: dict[tuple[int, int, int], bytes] = {}
 
     @staticmethod
     def _identity(root: bytes) -> tuple[int, int] | None:
@@ -148,13 +152,15 @@ class ChangeStream:
                     ended = "overflow"
                     break
                 if not taken:
-                    self.out.add((b"h",))
+                    self.out.add((b"h", 0))
                     self.out.flush()
                     continue
                 if any(change.kind == b"d" for change in taken):
                     taken += self._after_grace()
                 ended = self._send(taken)
-                self.out.add((b"F",))
+                with self.lock:
+                    left = len(self.queue)
+                self.out.add((b"F", left))
                 self.out.flush()
                 if ended != "stopped":
                     break
@@ -205,7 +211,7 @@ class ChangeStream:
             elif kind == b"m":
                 self.out.add((b"N", change.pair, change.old, change.path))
             else:
-                self._refresh(change.pair, change.path, content)
+                self._refresh(change.pair, change.path, content, created=kind == b"c")
         return "stopped"
 
     def _root_gone(self, pair: int) -> bool:
@@ -213,7 +219,7 @@ class ChangeStream:
         the root going: never passed on, so the target copy stays whole."""
         return self._identity(self.roots[pair]) != self.root_ids[pair]
 
-    def _refresh(self, pair: int, rel: bytes, content: bool) -> None:
+    def _refresh(self, pair: int, rel: bytes, content: bool, created: bool = False) -> None:
         """The path as it is now: a folder's or link's entry, a file's attributes or its whole content."""
         full = join(self.roots[pair], rel)
         try:
@@ -228,10 +234,30 @@ class ChangeStream:
             self.out.add((b"L", pair, rel, meta, entry.link))
         elif entry.kind == b"f" and not content:
             self.out.add((b"A", pair, rel, meta))
+        elif entry.kind == b"f" and st.st_nlink > 1:
+            self._send_linked(pair, rel, meta, st, created)
         elif entry.kind == b"f":
             self._send_file(pair, rel, meta, bool(entry.sparse) and stat.S_ISREG(st.st_mode))
 
-    def _send_file(self, pair: int, rel: bytes, meta: tuple, sparse: bool) -> None:
+    def _send_linked(self, pair: int, rel: bytes, meta: tuple, st: os.stat_result, created: bool) -> None:
+        """A file with other names: a new name of a file this stream sent is linked to it on the target;
+        content is written through the target's link, so the target's other names follow as the
+        source's do (a pass links any name this stream has not seen)."""
+        key = (pair, st.st_dev, st.st_ino)
+        first = self.linked.get(key)
+        if created and first is not None and first != rel:
+            try:
+                same = os.lstat(join(self.roots[pair], first)).st_ino == st.st_ino
+            except OSError:
+                same = False
+            if same:
+                self.out.add((b"H", pair, rel, first))
+                self.out.add((b"A", pair, rel, meta))  # one inode: its attributes as they are now
+                return
+        self.linked[key] = rel
+        self._send_file(pair, rel, meta, False, through=True)
+
+    def _send_file(self, pair: int, rel: bytes, meta: tuple, sparse: bool, through: bool = False) -> None:
         begun = [False]
 
         def emit(piece: tuple) -> None:
@@ -239,7 +265,7 @@ class ChangeStream:
             if kind == b"s":
                 if not begun[0]:
                     begun[0] = True
-                    self.out.add((b"B", pair, rel, meta, False, False))
+                    self.out.add((b"B", pair, rel, meta, False, False, through))
                 self.out.add((b"S", piece[3]))
             elif kind == b"d":
                 self.out.add((b"W", piece[1], piece[2]))

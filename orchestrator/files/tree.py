@@ -21,6 +21,7 @@ import stat
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from .case import fold
 from .rules import RuleSet
 
 READ_SIZE = 1024 * 1024
@@ -476,6 +477,13 @@ class TreeWriter:
         path, destination = join(self.root, rel), self._guard(join(self.root, new))
         self._touched = True
         os.lstat(path)
+        if rel != new and fold(rel) == fold(new):
+            # a case-only rename: on a target that ignores case the two spellings are one name, and the
+            # kernel treats a rename between them as a no-op, so it goes through a temporary name
+            head, name = os.path.split(destination)
+            temp = os.path.join(head, b".hvm-case-" + name[:200])
+            os.rename(path, temp)
+            path = temp
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISDIR(os.lstat(destination).st_mode) != stat.S_ISDIR(os.lstat(path).st_mode):
                 _remove(destination)
@@ -483,8 +491,10 @@ class TreeWriter:
 
     # -- files, in pieces: begin, data..., end
 
-    def begin(self, rel: bytes, meta: Meta, delta: bool, fresh: bool = False) -> None:
-        """Open the file to write; ``fresh``: the target scan did not see it (the fast path)."""
+    def begin(self, rel: bytes, meta: Meta, delta: bool, fresh: bool = False, through: bool = False) -> None:
+        """Open the file to write; ``fresh``: the target scan did not see it (the fast path);
+        ``through``: the source file has other names (replication): a target file with other names too is
+        written in place, through the link, so every name keeps seeing the same content."""
         final = self._guard(join(self.root, rel))
         self._touched = True
         self._meta, self._final, self._in_place, self._end = meta, final, False, 0
@@ -510,6 +520,10 @@ class TreeWriter:
             self._temp, self._empty, self._created = final, True, False
             return
         regular = stat.S_ISREG(existing.st_mode)
+        if through and regular and existing.st_nlink > 1:
+            self._fd = os.open(final, os.O_WRONLY | os.O_NOFOLLOW | O_CLOEXEC)
+            self._temp, self._empty, self._created = final, False, False
+            return
         if delta and regular and existing.st_nlink == 1 and existing.st_size >= IN_PLACE_SIZE:
             self._fd = os.open(final, os.O_WRONLY | os.O_NOFOLLOW | O_CLOEXEC)
             self._temp, self._empty, self._in_place, self._created = final, False, True, False
@@ -667,7 +681,12 @@ def _copy_all(src: int, dst: int, size: int) -> None:
 
 def _set_xattrs(target: Any, wanted: tuple[tuple[bytes, bytes], ...], known: tuple | None = None) -> None:
     """Make ``target``'s xattrs ``wanted``; ``known``: the names it has when the caller knows them."""
-    have = set(os.listxattr(target)) if known is None else set(known)
+    try:
+        have = set(os.listxattr(target)) if known is None else set(known)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSUP:
+            return  # a target with no xattrs at all (exFAT, FAT): nothing to keep there
+        raise
     names = set()
     for name, value in wanted:
         text = name.decode("utf-8", "surrogateescape")
@@ -788,7 +807,8 @@ class Applier:
         try:
             if kind == b"B":
                 self.current, self.failed = (pair, rel), False
-                writer.begin(rel, meta_from(op[3]), bool(op[4]), len(op) > 5 and bool(op[5]))
+                through = len(op) > 6 and bool(op[6])  # replication: written through a target link
+                writer.begin(rel, meta_from(op[3]), bool(op[4]), len(op) > 5 and bool(op[5]), through)
             elif kind == b"D":
                 writer.folder(rel, meta_from(op[3]))
             elif kind == b"L":

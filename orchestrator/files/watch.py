@@ -215,6 +215,9 @@ class Watcher:
         rel = folder + b"/" + name if folder else name
         is_dir = bool(mask & IN_ISDIR)
         member = self._member(pair, rel)
+        if not member and mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO):
+            # an entry outside the set came or went: the folder's time moved all the same
+            self._folder_changed(pair, folder, out)
         if mask & IN_MOVED_FROM:
             self.moves[cookie] = (pair, rel, is_dir)
             return
@@ -251,6 +254,12 @@ class Watcher:
             out.append(Change(b"w", pair, rel))
         elif mask & IN_ATTRIB:
             out.append(Change(b"a", pair, rel))
+
+    def _folder_changed(self, pair: int, folder: bytes, out: list[Change]) -> None:
+        """An excluded file made or removed in a folder of the set changes that folder's time on the
+        source: its attributes are sent again, or a verify would find the target folder's time older."""
+        if self._member(pair, folder):
+            out.append(Change(b"a", pair, folder))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -382,9 +382,15 @@ class HypervProviderConfig(Model):
     type: Literal["hyperv"]
     host: str
     port: int | None = Field(None, ge=1, le=65535, description="default 5986 (https) or 5985 (http)")
-    user: str
-    password: SecretStr
-    transport: Literal["https", "http"] = "https"
+    user: str | None = Field(None, description="the WinRM login (required unless transport is local)")
+    password: SecretStr | None = Field(None, description="required unless transport is local")
+    transport: Literal["https", "http", "local"] = Field(
+        "https",
+        description="how the PowerShell scripts reach the host: WinRM over https (5986, certificate checked) "
+        "or http; local: the orchestrator runs on the Hyper-V host itself, the same scripts run by its "
+        "powershell.exe and the agent as a local process, with no login (the user running the orchestrator "
+        "must manage Hyper-V there); user and password are then not used",
+    )
     auth: Literal["ntlm", "kerberos", "credssp", "basic"] = Field(
         "ntlm", description="basic sends the password in the clear unless transport is https"
     )
@@ -400,9 +406,11 @@ class HypervProviderConfig(Model):
     )
     python: str | None = Field(
         None,
-        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*\.exe$",
-        description="CPython 3.8+ on the host (C:\\Python311\\python.exe): appliance: host runs the "
-        "hvmigrate agent with it, over WinRM, to write each mounted VHDX",
+        pattern=r"^([A-Za-z]:\\[^\x00-\x1f\"*?<>|]*|[A-Za-z0-9_.-]+)\.exe$",
+        description="CPython 3.8+ on the host (C:\\Python311\\python.exe, or a name on the host's PATH "
+        "such as python.exe): appliance: host runs the hvmigrate agent with it, over WinRM (or as a local "
+        "process with transport: local, where it defaults to the orchestrator's own Python), to write each "
+        "mounted VHDX",
     )
     host_device_dir: Path | None = Field(
         None,
@@ -438,6 +446,15 @@ class HypervProviderConfig(Model):
     shutdown_timeout: Duration = Field(
         120, description="how long a clean (guest) power-off may take before it fails (force stops at once)"
     )
+
+    @model_validator(mode="after")
+    def _login_unless_local(self) -> HypervProviderConfig:
+        if self.transport != "local" and (self.user is None or self.password is None):
+            raise ValueError(
+                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
+                "transport: local when the orchestrator runs on the Hyper-V host itself"
+            )
+        return self
 
 
 ProviderConfig = Annotated[
@@ -794,6 +811,24 @@ class DataMigration(Model):
     owners: bool = Field(True, description="keep owner and group (numeric ids)")
     retries: int = Field(
         3, ge=0, le=20, description="reads of a file that keeps changing before it is reported"
+    )
+    cutover_queue: Literal["apply", "discard"] = Field(
+        "apply",
+        description="when `migrate replicate` still runs at cutover, what to do with the changes still "
+        "queued once the source's services stopped: apply them (wait until the source is idle, up to "
+        "drain_timeout) or discard them and cut over at once; the final difference pass sends whatever "
+        "they were either way (the reference product's apply / discard target queue choice)",
+    )
+    drain_timeout: Duration = Field(
+        600,
+        description="how long the cutover waits for a running replication's queue to drain before it stops "
+        "the source's services, and again for the last changes after; past it, it goes on with a warning",
+    )
+    target_case: Literal["auto", "sensitive", "insensitive"] = Field(
+        "auto",
+        description="whether the target's file names ignore case (exFAT, FAT, SMB, ext4 casefold): auto "
+        "probes each target folder; insensitive renames a.txt -> A.txt through a temporary name and "
+        "reports source names that differ only by case instead of merging them",
     )
 
     @field_validator("target_path", "orphans_path")

@@ -16,7 +16,7 @@ def registry() -> dict[str, type[Step]]:
     from orchestrator.steps.disks import AttachDisks, CreateDisks, DetachDisks
     from orchestrator.steps.dns_check import CheckDns
     from orchestrator.steps.dns_update import UpdateDns
-    from orchestrator.steps.files import FinalFilesPass, MirrorFiles, SyncFiles
+    from orchestrator.steps.files import DrainReplication, FinalFilesPass, MirrorFiles, SyncFiles
     from orchestrator.steps.guest import RemapNics, StageSystemState
     from orchestrator.steps.mirror import FinalSync, Mirror, Sync
     from orchestrator.steps.replica import CreateReplica, PowerOnReplica, VerifyReplica
@@ -61,6 +61,7 @@ def registry() -> dict[str, type[Step]]:
         VerifyTestCopy,
         MirrorFiles,
         SyncFiles,
+        DrainReplication,
         FinalFilesPass,
     ]
     return {k.kind: k for k in kinds}

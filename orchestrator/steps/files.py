@@ -122,8 +122,11 @@ def run_pass(ctx: StepContext, mode: str, *, verify_only: bool = False) -> dict[
         xattrs=data.xattrs,
         owners=data.owners,
         retries=data.retries,
+        target_case=data.target_case,
     )
     name = ctx.server.name
+    if mode != "final" and not verify_only and (holder := _replicating(ctx)) is not None:
+        return holder
     started = time.time()
     with _ends(ctx) as (source, target):
         if mode == "mirror" and not verify_only:
@@ -253,6 +256,120 @@ class SyncFiles(Step):
         """Nothing of its own: what it wrote lies under the roots mirror_files journaled."""
 
 
+def _control(ctx: StepContext) -> Any:
+    from orchestrator.files.replicate_control import ReplicationControl
+
+    return ReplicationControl(ctx.state_dir, ctx.server.name)
+
+
+def _replicating(ctx: StepContext) -> dict[str, Any] | None:
+    """A pass and `migrate replicate` would write the same target files at once: while it runs, the
+    passes before the cutover are skipped (it keeps the target current), with an event saying so."""
+    from orchestrator.run_lock import describe
+
+    holder = _control(ctx).live()
+    if holder is None:
+        return None
+    ctx.event(
+        f"pass skipped: {ctx.server.name} is replicated continuously by {describe(holder)}, which keeps "
+        "the target current (stop it with Ctrl-C for a pass; `migrate cutover` stops it itself)",
+        level="warning",
+    )
+    return {"skipped": "replicating", "replicator": holder}
+
+
+POLL_SECONDS = 0.2
+
+
+class DrainReplication(Step):
+    kind = "drain_replication"
+    description = (
+        "when `migrate replicate` runs: wait (data.drain_timeout) for its queue to drain before the "
+        "source's services stop, so the downtime holds only the last changes"
+    )
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        from orchestrator.run_lock import describe
+
+        control = _control(ctx)
+        holder = control.live()
+        if holder is None:
+            return {"replicating": False}
+        timeout = float(ctx.server.data.drain_timeout)  # type: ignore[union-attr]
+        ctx.event(
+            f"{describe(holder)} replicates {ctx.server.name}: waiting up to {timeout:.0f}s for its queue"
+        )
+        asked = time.time()
+        deadline = time.monotonic() + timeout
+        most = 0
+        while control.live() is not None:
+            status = control.status() or {}
+            queued = int(status.get("queued", -1))
+            fresh = float(status.get("at", 0)) >= asked
+            if fresh and status.get("state") == "watching" and queued == 0:
+                ctx.progress(most, most, unit="changes", label="replication queue")
+                ctx.event("the replication queue is drained")
+                return {"replicating": True, "drained": True, "waited": time.time() - asked}
+            most = max(most, queued)
+            ctx.progress(most - max(queued, 0), most, unit="changes", label="replication queue")
+            if time.monotonic() > deadline:
+                ctx.event(
+                    f"the replication queue did not drain in {timeout:.0f}s ({queued} change(s) queued, "
+                    f"state {status.get('state', '?')}): the source's services stop now and the final "
+                    "pass sends the rest (raise data.drain_timeout to wait longer)",
+                    level="warning",
+                )
+                return {"replicating": True, "drained": False, "queued": queued}
+            _check_cancel(ctx)
+            time.sleep(POLL_SECONDS)
+        ctx.event("replication ended by itself while the cutover waited")
+        return {"replicating": False}
+
+    def undo(self, ctx: StepContext) -> None:
+        """Nothing to undo: it only waited."""
+
+
+def stop_replication(ctx: StepContext) -> dict[str, Any] | None:
+    """Stop a running `migrate replicate` before the final pass (both writing the target would race):
+    data.cutover_queue says whether the changes still queued are applied first (up to drain_timeout,
+    then discarded with a warning) or discarded at once. Either way the final pass that follows finds and
+    sends whatever they were."""
+    from orchestrator.run_lock import describe
+
+    control = _control(ctx)
+    holder = control.live()
+    if holder is None:
+        return None
+    data = ctx.server.data
+    assert data is not None
+    mode = data.cutover_queue
+    control.ask_stop(mode)
+    ctx.event(f"stopping {describe(holder)}: {mode} the changes still queued")
+    deadline = time.monotonic() + float(data.drain_timeout)
+    while control.live() is not None:
+        if time.monotonic() > deadline:
+            if mode == "discard":
+                raise StepFailed(
+                    f"{describe(holder)} did not stop for the cutover; stop it (Ctrl-C) and run "
+                    "`migrate cutover` again",
+                    retryable=True,
+                )
+            ctx.event(
+                f"the source did not go idle in {data.drain_timeout:.0f}s: discarding what is still queued "
+                "(the final pass sends it)",
+                level="warning",
+            )
+            mode = "discard"
+            control.ask_stop(mode)
+            deadline = time.monotonic() + float(data.drain_timeout)
+        _check_cancel(ctx)
+        time.sleep(POLL_SECONDS)
+    status = control.status() or {}
+    discarded = int(status.get("discarded", 0))
+    ctx.event(f"replication stopped ({mode}): {discarded} queued change(s) discarded")
+    return {"mode": mode, "discarded": discarded}
+
+
 class FinalFilesPass(Step):
     kind = "final_files_pass"
     retryable = True
@@ -261,7 +378,11 @@ class FinalFilesPass(Step):
     def run(self, ctx: StepContext) -> dict[str, Any]:
         """After a good pass the source stays quiesced: its services stopped, so nothing writes to data
         that now lives on the target (`migrate undo` starts them again). A failed pass thaws the source
-        (users get their service back while someone looks) and the re-run quiesces again first."""
+        (users get their service back while someone looks) and the re-run quiesces again first.
+        A running `migrate replicate` is stopped first (see stop_replication)."""
+        stopped = stop_replication(ctx)
+        if stopped is not None:
+            ctx.checkpoint(f"{ctx.server.name}/replication_stopped", stopped)
         state = quiesce_state(ctx)
         if state is None:  # no quiesce configured: the pass copies what is there now
             return run_pass(ctx, "final")

@@ -38,6 +38,7 @@ def test_data_server_plans_its_own_chain_without_vm_steps() -> None:
         "mirror_files",
         "sync_files",
         "cutover_gate",
+        "drain_replication",
         "quiesce_source",
         "final_files_pass",
         "shutdown_source",
