@@ -4,10 +4,11 @@ Shipped and started exactly as the disk agent is (orchestrator/mirror/agent_bund
 BOOTSTRAP N``, then the program), with the same framed protocol and handshake; standard-library only.
 Requests (JSON REQUEST frames), each answered by batches and then one RESULT:
 
-* ``scan`` {pairs: [[root, rule_root]], rules, xattrs} -> ENTRIES batches of (pair, *Entry);
-* ``read`` {roots, block_size, retries}, then OPS batches of (pair, rel, sparse, theirs) ended by an
-  empty one -> PIECES batches (see tree.read_items);
-* ``hashes`` {roots, block_size}, then OPS batches of (pair, rel) -> HASHES batches of (pair, rel, digests);
+* ``scan`` {pairs: [[root, rule_root]], rules, xattrs} -> ENTRIES batches (codec.put_entry);
+* ``read`` {roots, block_size, retries, algorithm}, then OPS batches of (pair, rel, sparse, theirs) ended
+  by an empty one -> PIECES batches (see tree.read_items);
+* ``hashes`` {roots, block_size, algorithm}, then OPS batches of (pair, rel) -> HASHES batches of
+  (pair, rel, digests);
 * ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written};
 * ``case`` {roots} -> RESULT {folds: whether each root ignores the case of names};
 * ``watch`` {pairs, rules, memory, limit, block_size, retries} -> OPS batches of writer operations and
@@ -133,14 +134,14 @@ class FilesAgent:
     def op_scan(self, request: dict[str, Any]) -> dict[str, Any]:
         rules = rules_from(request)
         sender = SendingThread(self.channel)
-        out = codec.Batcher(sender, codec.ENTRIES)
+        out = codec.EntryBatcher(sender)
         problems: list = []
         try:
             for index, (root, rule_root) in enumerate(request["pairs"]):
                 for entry in scan(
                     unhex(root), rules, unhex(rule_root), xattrs=request["xattrs"], problems=problems
                 ):
-                    out.add((index, *entry))
+                    out.add(index, entry)
             out.flush()
         finally:
             sender.close()
@@ -152,7 +153,14 @@ class FilesAgent:
         sender = SendingThread(self.channel)
         out = codec.Batcher(sender, codec.PIECES)
         try:
-            read_items(roots, items, out.add, block_size=request["block_size"], retries=request["retries"])
+            read_items(
+                roots,
+                items,
+                out.add,
+                block_size=request["block_size"],
+                retries=request["retries"],
+                algorithm=request["algorithm"],
+            )
             out.flush()
         finally:
             sender.close()
@@ -164,7 +172,8 @@ class FilesAgent:
         problems = []
         for pair, rel in list(self._batches()):
             try:
-                out.add((pair, rel, tuple(block_hashes(join(roots[pair], rel), request["block_size"]))))
+                digests = block_hashes(join(roots[pair], rel), request["block_size"], request["algorithm"])
+                out.add((pair, rel, tuple(digests)))
             except OSError as exc:
                 problems.append([pair, rel.hex(), problem_text(exc)])
         out.flush()

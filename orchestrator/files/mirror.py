@@ -20,10 +20,12 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.agent_session import AgentSession
+from orchestrator.mirror.hashing import available_algorithms, negotiate_algorithm
 
 from . import case, codec
 from .bundle import files_agent_program
@@ -73,6 +75,7 @@ class LocalTree:
 
     def __init__(self, *, after_read: Callable | None = None) -> None:
         self.after_read = after_read  # tests: change a file between its read and the check
+        self.algorithms = available_algorithms()
 
     def scan(self, pairs: list[tuple[bytes, bytes]], rules: RuleSet, xattrs: bool) -> tuple[list, list]:
         entries: list[tuple[int, Entry]] = []
@@ -81,14 +84,26 @@ class LocalTree:
             entries.extend((index, e) for e in scan(root, rules, rule_root, xattrs=xattrs, problems=problems))
         return entries, [(p.path, p.message) for p in problems]
 
-    def read(self, roots: list[bytes], items: list, emit: Callable, block_size: int, retries: int) -> None:
-        read_items(roots, items, emit, block_size=block_size, retries=retries, after_read=self.after_read)
+    def read(
+        self, roots: list[bytes], items: list, emit: Callable, block_size: int, retries: int, algorithm: str
+    ) -> None:
+        read_items(
+            roots,
+            items,
+            emit,
+            block_size=block_size,
+            retries=retries,
+            after_read=self.after_read,
+            algorithm=algorithm,
+        )
 
-    def hashes(self, roots: list[bytes], items: list, block_size: int) -> dict[tuple[int, bytes], list]:
+    def hashes(
+        self, roots: list[bytes], items: list, block_size: int, algorithm: str
+    ) -> dict[tuple[int, bytes], list]:
         out = {}
         for pair, rel in items:
             with contextlib.suppress(OSError):
-                out[(pair, rel)] = block_hashes(join(roots[pair], rel), block_size)
+                out[(pair, rel)] = block_hashes(join(roots[pair], rel), block_size, algorithm)
         return out
 
     def applier(self, roots: list[bytes], owners: bool, xattrs: bool, durable: bool = True) -> Any:
@@ -124,6 +139,7 @@ class RemoteTree:
     def __init__(self, transport: Any) -> None:
         self.session = AgentSession.start(transport, program=files_agent_program())
         self.name = self.session.where
+        self.algorithms = self.session.info.hashes
 
     def _ops(self, items: Iterable[tuple]) -> None:
         batch = codec.Batcher(self.session.channel, codec.OPS)
@@ -147,11 +163,26 @@ class RemoteTree:
             rules=[[_hex(r.path), r.include, r.recursive] for r in rules.rules],
             xattrs=xattrs,
         )
-        entries = [(item[0], Entry(*item[1:])) for item in self._stream(codec.ENTRIES)]
-        return entries, [(bytes.fromhex(p), m) for p, m in self.result["problems"]]
+        entries: list[tuple[int, Entry]] = []
+        make = partial(tuple.__new__, Entry)  # Entry._make without its Python frame
+        while True:
+            frame = self.session.receive(codec.ENTRIES, wire.RESULT)
+            if frame.type == wire.RESULT:
+                break
+            entries.extend(codec.decode_entries(frame.payload, make))
+        problems = frame.json()["problems"]
+        return entries, [(bytes.fromhex(p), m) for p, m in problems]
 
-    def read(self, roots: list[bytes], items: list, emit: Callable, block_size: int, retries: int) -> None:
-        self.session.request("read", roots=[_hex(r) for r in roots], block_size=block_size, retries=retries)
+    def read(
+        self, roots: list[bytes], items: list, emit: Callable, block_size: int, retries: int, algorithm: str
+    ) -> None:
+        self.session.request(
+            "read",
+            roots=[_hex(r) for r in roots],
+            block_size=block_size,
+            retries=retries,
+            algorithm=algorithm,
+        )
         self._ops(
             (p, rel, sparse, tuple(theirs) if theirs is not None else None)
             for p, rel, sparse, theirs in items
@@ -159,8 +190,12 @@ class RemoteTree:
         for piece in self._stream(codec.PIECES):
             emit(piece)
 
-    def hashes(self, roots: list[bytes], items: list, block_size: int) -> dict[tuple[int, bytes], list]:
-        self.session.request("hashes", roots=[_hex(r) for r in roots], block_size=block_size)
+    def hashes(
+        self, roots: list[bytes], items: list, block_size: int, algorithm: str
+    ) -> dict[tuple[int, bytes], list]:
+        self.session.request(
+            "hashes", roots=[_hex(r) for r in roots], block_size=block_size, algorithm=algorithm
+        )
         self._ops(items)
         return {(p, rel): list(digests) for p, rel, digests in self._stream(codec.HASHES)}
 
@@ -410,7 +445,8 @@ def mirror_pass(
 
     # Delta and full-data sends need the target's block digests first.
     delta_items = [(i, rel) for i, rel, _, delta in sends if delta]
-    digests = target.hashes(roots_dst, delta_items, options.block_size) if delta_items else {}
+    algorithm = negotiate_algorithm(source.algorithms, target.algorithms)
+    digests = target.hashes(roots_dst, delta_items, options.block_size, algorithm) if delta_items else {}
 
     apply = target.applier(roots_dst, options.owners, options.xattrs, options.durable)
     for index, old, new in case_renames or ():
@@ -447,7 +483,7 @@ def mirror_pass(
 
     items = [(i, rel, sparse, digests.get((i, rel)) if delta else None) for i, rel, sparse, delta in sends]
     if items:
-        pipelined_read(source, roots_src, items, on_piece, options)
+        pipelined_read(source, roots_src, items, on_piece, options, algorithm)
     for index, rel, first in followers:
         apply((b"H", index, rel, first))
     if options.orphans == "delete":
@@ -513,7 +549,7 @@ PIPE_BYTES = 1024 * 1024
 
 
 def pipelined_read(
-    source: Any, roots: list[bytes], items: list, on_piece: Callable, options: Options
+    source: Any, roots: list[bytes], items: list, on_piece: Callable, options: Options, algorithm: str
 ) -> None:
     """Read on a thread of its own while this one writes: the source's reads (or the agent's frames
     arriving), the wire and the target's writes overlap instead of taking turns. Pieces cross in
@@ -543,7 +579,7 @@ def pipelined_read(
 
     def produce() -> None:
         try:
-            source.read(roots, items, emit, options.block_size, options.retries)
+            source.read(roots, items, emit, options.block_size, options.retries, algorithm)
             if batch:
                 hand_over()
             pipe.put(None)
@@ -593,8 +629,9 @@ def _verify_contents(
     present = [(i, rel) for i, rel, _, _ in sends if (i, rel) in theirs]
     if not present:
         return
-    mine = target.hashes([p.target for p in pairs], present, options.block_size)
-    yours = source.hashes([p.source for p in pairs], present, options.block_size)
+    algorithm = negotiate_algorithm(source.algorithms, target.algorithms)
+    mine = target.hashes([p.target for p in pairs], present, options.block_size, algorithm)
+    yours = source.hashes([p.source for p in pairs], present, options.block_size, algorithm)
     for key in present:
         entry, other = src_by_key[key], theirs[key]
         if mine.get(key) != yours.get(key) or entry.size != other.size:

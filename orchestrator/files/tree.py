@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, NamedTuple
+
+from orchestrator.mirror.hashing import BLAKE2B_128, chunk_hasher
 
 from .case import fold
 from .rules import RuleSet
@@ -147,6 +149,9 @@ def entry_for(
     )
 
 
+_new_entry = partial(tuple.__new__, Entry)  # Entry(...) without the Python frame of its __new__
+
+
 class ScanProblem(NamedTuple):
     path: bytes
     message: str
@@ -178,6 +183,8 @@ def scan(
     stack: list[tuple[bytes, bytes, bool | None]] = [
         (root, b"", member if rules.uniform_below(rule_root) else None)
     ]
+    new_entry = _new_entry
+    kinds = _KINDS
     while stack:
         folder, rel_folder, uniform = stack.pop()
         try:
@@ -189,15 +196,16 @@ def scan(
         descend = []
         prefix = rel_folder + b"/" if rel_folder else b""
         for child in children:
-            name = child.name
-            rel = prefix + name
+            rel = prefix + child.name
             full = child.path
             try:
                 st = child.stat(follow_symlinks=False)
             except OSError as exc:
                 problems.append(ScanProblem(full, exc.strerror or str(exc)))
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
+            mode = st.st_mode
+            kind = kinds.get(mode & 0o170000, b"o")
+            is_dir = kind == b"d"
             if uniform is not None:
                 if not uniform:
                     continue
@@ -207,11 +215,38 @@ def scan(
                 member = rules.included(rule_path)
                 if not member and not (is_dir and rules.must_walk(rule_path)):
                     continue
+            # entry_for, inlined: this loop runs once per file of the tree
             try:
-                yield entry_for(full, rel, st, member, reader)
+                if kind == b"f":
+                    link = None
+                    size = st.st_size
+                    sparse = st.st_blocks * HOLE_CHECK < size
+                else:
+                    link = os.readlink(full) if kind == b"l" else None
+                    size = st.st_size
+                    sparse = False
+                attrs = reader(full, st.st_dev) if reader and (kind == b"f" or is_dir) else None
             except OSError as exc:
                 problems.append(ScanProblem(full, exc.strerror or str(exc)))
                 continue
+            yield new_entry(
+                (
+                    rel,
+                    kind,
+                    mode,
+                    st.st_uid,
+                    st.st_gid,
+                    size,
+                    st.st_mtime_ns,
+                    st.st_ino,
+                    st.st_dev,
+                    st.st_nlink,
+                    sparse,
+                    link,
+                    attrs,
+                    member,
+                )
+            )
             if is_dir:
                 if uniform is not None:
                     descend.append((full, rel, uniform))
@@ -233,12 +268,15 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
-def block_digest(data: bytes | memoryview) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+def block_digester(algorithm: str = BLAKE2B_128) -> Callable[[bytes | memoryview], bytes]:
+    """The block digest both ends agreed on (mirror.py negotiates it as the disk mirror does): xxh3-128
+    where both have xxhash, else BLAKE2b-128 from hashlib, which every Python has."""
+    return chunk_hasher(algorithm).digest
 
 
-def block_hashes(path: bytes, block_size: int) -> list[bytes]:
+def block_hashes(path: bytes, block_size: int, algorithm: str = BLAKE2B_128) -> list[bytes]:
     """Digests of every block of a file (the target's side of a delta or full-data compare)."""
+    block_digest = block_digester(algorithm)
     digests = []
     with open(path, "rb", buffering=0) as handle:
         while True:
@@ -280,6 +318,7 @@ def read_file(
     theirs: list[bytes] | None = None,
     retries: int = 3,
     after_read: Any = None,
+    algorithm: str = BLAKE2B_128,
 ) -> FileRead:
     """Read one source file and hand its pieces to ``emit(kind, offset, data)``; kinds: b"s" start of an
     attempt (data = size as bytes), b"d" data at offset. With ``theirs`` (the target's block digests)
@@ -298,7 +337,7 @@ def read_file(
             size = before.st_size
             emit(b"s", size, b"")
             if theirs is not None:
-                _emit_blocks(fd, size, block_size, theirs, emit, sent)
+                _emit_blocks(fd, size, block_size, theirs, emit, sent, block_digester(algorithm))
             else:
                 ranges = data_ranges(fd, size) if sparse else [(0, size)]
                 for start, end in ranges:
@@ -319,7 +358,15 @@ def read_file(
         os.close(fd)
 
 
-def _emit_blocks(fd: int, size: int, block_size: int, theirs: list[bytes], emit: Any, sent: set[int]) -> None:
+def _emit_blocks(
+    fd: int,
+    size: int,
+    block_size: int,
+    theirs: list[bytes],
+    emit: Any,
+    sent: set[int],
+    block_digest: Callable,
+) -> None:
     """The blocks that differ from the target's, and those an earlier attempt changed there: a block that
     changed back on the source since must be written back too."""
     index = 0
@@ -723,6 +770,7 @@ def read_items(
     block_size: int,
     retries: int,
     after_read: Any = None,
+    algorithm: str = BLAKE2B_128,
 ) -> None:
     """Read each (pair, rel, sparse, theirs) and emit pieces: (b"s", pair, rel, size) when an attempt
     starts, (b"d", offset, data), (b"e", stable) at the end, or (b"x", pair, rel, message) when the file
@@ -749,6 +797,7 @@ def read_items(
                 theirs=list(theirs) if theirs is not None else None,
                 retries=retries,
                 after_read=after_read,
+                algorithm=algorithm,
             )
         except OSError as exc:
             if started[0]:

@@ -62,6 +62,55 @@ def test_damaged_batches_are_refused(damaged: bytes) -> None:
         codec.decode(bytearray(damaged))
 
 
+ENTRIES = [
+    tree.Entry(b"", b"d", 0o40755, 0, 0, 4096, 1, 2, 3, 2, False, None, (), True),
+    tree.Entry(
+        b"bad\xff\nname", b"f", 0o100600, 1000, 1001, 2**40, -5, 2**63, 2**64 - 1, 1, True, None, None, True
+    ),
+    tree.Entry(b"a/link", b"l", 0o120777, 4294967295, 7, 6, 9, 10, 3, 1, False, b"../t\x00?", None, False),
+    tree.Entry(
+        b"x", b"f", 0o100644, 0, 0, 0, 0, 0, 0, 3, False, None, ((b"user.a", b"1" * 40000), (b"b", b"")), True
+    ),
+    tree.Entry(b"empty-link", b"l", 0o120777, 0, 0, 0, 0, 0, 0, 1, False, b"", None, True),
+]
+
+
+def test_scan_entries_cross_in_their_fixed_layout_unchanged() -> None:
+    out = bytearray()
+    for index, entry in enumerate(ENTRIES):
+        codec.put_entry(out, index, entry)
+    got = codec.decode_entries(out, tree.Entry._make)
+    assert got == list(enumerate(ENTRIES))
+    assert all(type(entry) is tree.Entry for _, entry in got)
+    with pytest.raises(codec.CodecError):
+        codec.decode_entries(out[:-1], tree.Entry._make)  # the last xattr value cut short
+    with pytest.raises(codec.CodecError):
+        codec.decode_entries(out[:30], tree.Entry._make)
+
+
+def test_digests_fall_back_to_blake2b_when_an_end_lacks_xxhash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent on a host without xxhash offers BLAKE2b only; both ends must then digest with it, or
+    every block would look different and a delta would resend the whole file."""
+    (tmp_path / "src").mkdir()
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(os.urandom(1 * MiB))
+    rules, pairs = one_pair(tmp_path)
+    mirror_pass(LocalTree(), LocalTree(), pairs, rules, Options())
+    with open(big, "r+b") as handle:
+        handle.write(b"changed")
+    used: list[str] = []
+    real = tree.block_digester
+    monkeypatch.setattr(tree, "block_digester", lambda name="": used.append(name) or real(name))
+    source = LocalTree()
+    source.algorithms = ("blake2b-128",)
+    delta = mirror_pass(source, LocalTree(), pairs, rules, Options(compare="attributes_then_delta"))
+    assert (delta.files_sent, delta.bytes_sent) == (1, 128 * 1024)
+    assert set(used) == {"blake2b-128"} and len(used) == 2  # the target's digests, the source's read
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == big.read_bytes()
+
+
 def one_pair(tmp_path: Path) -> tuple[RuleSet, list[Pair]]:
     return RuleSet([make_rule(str(tmp_path / "src"))]), [
         Pair(os.fsencode(tmp_path / "src"), os.fsencode(tmp_path / "dst"))
