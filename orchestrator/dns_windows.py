@@ -33,6 +33,7 @@ from orchestrator.dns import (
     _ZoneNames,
 )
 from orchestrator.playbook.models import WindowsDns
+from orchestrator.transport.local_powershell import LocalPowerShell
 from orchestrator.transport.winrm import PowerShellError, WinRM, WinRMError, WinRMTarget
 
 # Which cmdlet adds a record of each type, and the parameter that takes its data.
@@ -88,11 +89,16 @@ class WindowsDnsUpdater:
         self._names = _ZoneNames(zone or config.zone)
         self.zone = self._names.zone
         self.host = config.host
-        self.user = config.user
-        self.winrm = _session(WinRMTarget.from_config(config))
+        self.user = config.user or "the user running hvmigrate"
+        # WinRM, or this machine's powershell.exe when the orchestrator runs on the DNS server (local)
+        self.winrm: WinRM | LocalPowerShell = (
+            LocalPowerShell(config.host)
+            if config.transport == "local"
+            else _session(WinRMTarget.from_config(config))
+        )
 
     def __repr__(self) -> str:
-        return f"WindowsDnsUpdater({self.zone} at {self.winrm.target.url})"
+        return f"WindowsDnsUpdater({self.zone} at {self.winrm.where})"
 
     @property
     def where(self) -> str:

@@ -531,10 +531,14 @@ class WindowsDns(Model):
     type: Literal["windows"]
     host: str
     port: int | None = Field(None, ge=1, le=65535, description="default 5986 (https) or 5985 (http)")
-    user: str
-    password: SecretStr
+    user: str | None = Field(None, description="the WinRM login (required unless transport is local)")
+    password: SecretStr | None = Field(None, description="required unless transport is local")
     zone: str
-    transport: Literal["https", "http"] = "https"
+    transport: Literal["https", "http", "local"] = Field(
+        "https",
+        description="WinRM over https or http; local: the orchestrator runs on the DNS server itself and "
+        "its powershell.exe runs the same scripts as the user running the orchestrator (no login)",
+    )
     auth: Literal["ntlm", "kerberos", "credssp", "basic"] = Field(
         "ntlm", description="basic sends the password in the clear unless transport is https"
     )
@@ -548,6 +552,15 @@ class WindowsDns(Model):
     @classmethod
     def _reverse_zones(cls, value: list[str]) -> list[str]:
         return [_reverse_zone(zone) for zone in value]
+
+    @model_validator(mode="after")
+    def _login_unless_local(self) -> WindowsDns:
+        if self.transport != "local" and (self.user is None or self.password is None):
+            raise ValueError(
+                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
+                "transport: local when the orchestrator runs on the DNS server itself"
+            )
+        return self
 
 
 DnsConfig = Annotated[Rfc2136Dns | ZonefileDns | WindowsDns, Field(discriminator="type")]

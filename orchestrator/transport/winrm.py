@@ -99,8 +99,8 @@ class WinRMTarget:
         """From a playbook WinRM login: a Hyper-V provider, a WinRM source or a Windows DNS server."""
         return cls(
             host=config.host,
-            user=config.user,
-            password=config.password.reveal(),
+            user=config.user or "",
+            password=config.password.reveal() if config.password is not None else "",
             transport=config.transport,
             port=config.port,
             auth=config.auth,
@@ -141,21 +141,15 @@ class WinRM:
     def __repr__(self) -> str:
         return f"WinRM({self.target!r})"
 
+    @property
+    def where(self) -> str:
+        """Where the scripts run, for messages: the endpoint's URL."""
+        return self.target.url
+
     def run(self, body: str, data: Mapping[str, Any] | None = None) -> Any:
         """Run ``body`` with ``data`` as ``$hv``; the JSON it printed (None when it printed nothing)."""
-        script = compose(body, data)
-        stdout, stderr, code = self.execute(script)
-        if code != 0 or stderr.startswith(b"#< CLIXML"):
-            raise _script_error(stderr, code)
-        text = stdout.decode("utf-8", errors="replace").strip()
-        if not text:
-            return None
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise WinRMError(
-                f"{self.target.host} answered a script with output that is not JSON: {text[:120]!r}"
-            ) from None
+        stdout, stderr, code = self.execute(compose(body, data))
+        return script_output(stdout, stderr, code, self.target.host)
 
     def execute(self, script: str) -> tuple[bytes, bytes, int]:
         """Run a whole script; (stdout, stderr, exit code)."""
@@ -295,6 +289,22 @@ def parse_clixml(stderr: bytes) -> list[str]:
                 chunk += _XML_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), node.text or "")
         lines.extend(line for line in chunk.splitlines() if line.strip())
     return lines
+
+
+def script_output(stdout: bytes, stderr: bytes, code: int, host: str) -> Any:
+    """What a script printed, as JSON (None when nothing); its error as a PowerShellError.
+
+    The same for every way a script runs (WinRM, or a local powershell.exe): a non-zero exit or an error
+    record on stderr (CLIXML, or plain lines) is a failure, whatever it printed before."""
+    if code != 0 or stderr.startswith(b"#< CLIXML"):
+        raise _script_error(stderr, code)
+    text = stdout.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise WinRMError(f"{host} answered a script with output that is not JSON: {text[:120]!r}") from None
 
 
 def _script_error(stderr: bytes, code: int) -> PowerShellError:

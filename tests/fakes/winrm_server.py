@@ -33,6 +33,7 @@ import tempfile
 import threading
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -304,6 +305,20 @@ class WinRMStandIn:
         command = _Command(tuple(flags))
         self._execute(command, script, via_stdin=False)
         return command
+
+    def run_local(
+        self, flags: tuple[str, ...], script: str, read_stdin: Callable[[], bytes]
+    ) -> tuple[bytes, bytes, int]:
+        """One script a local powershell.exe decoded (tests/fakes/powershell_exe.py), run as a WinRM
+        command's script runs here: the stdin bootstrap reads the script from ``read_stdin``, anything else
+        goes to the interpreter as it is; recorded in ``scripts`` alike."""
+        command = _Command(flags)
+        if script == STDIN_BOOTSTRAP:
+            command.stdin = bytearray(read_stdin())
+            self.finish_stdin(command)
+        else:
+            self._execute(command, script, via_stdin=False)
+        return command.stdout, command.stderr, command.exit_code
 
     def _start_agent(self, machine: Any, argv: list[str]) -> _Command:
         """python.exe with the agent's bootstrap, and nothing else: any other use of Python is refused."""

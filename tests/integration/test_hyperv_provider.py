@@ -4,6 +4,10 @@ No Windows runs here: the stand-in checks logins for real (NTLM by pyspnego's ac
 binding to its minted TLS certificate), decodes every script the provider sends and runs it through a
 strict interpreter of the cmdlets Microsoft documents, against a host model whose VHDX files are real
 (raw, sparse) files. What it cannot show: real Hyper-V's timing, a guest booting, integration services.
+
+The tests marked ``both_paths`` run twice: over WinRM, and over ``transport: local`` (the orchestrator on
+the host itself), where the same scripts go through the stand-in ``powershell.exe`` on PATH
+(tests/fakes/local_host.py) to the same host model and interpreter.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from providers.base import DiskRequest, NicRequest, NotFound, ProviderError, VmR
 from tests.fakes.hyperv_bed import PASSWORD, USER, hyperv_bed, hyperv_config
 from tests.fakes.hyperv_host import VM as HostVM
 from tests.fakes.hyperv_host import HypervHost, Nic
+from tests.fakes.local_host import LocalHostStandIn
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
 
 pytestmark = pytest.mark.integration
@@ -31,7 +36,11 @@ MiB = 1024**2
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hyperv")
     with hyperv_bed(root, HypervHost(root / "host", volumes={"C": 8 * 1024 * MiB, "D": 64 * MiB})) as made:
-        yield made
+        local = LocalHostStandIn(made["host"]).start()  # the same host, reached as transport: local does
+        try:
+            yield {**made, "local": local}
+        finally:
+            local.stop()
 
 
 def make_provider(bed: dict[str, Any], **overrides: Any) -> Any:
@@ -42,10 +51,25 @@ def make_provider(bed: dict[str, Any], **overrides: Any) -> Any:
 
 
 @pytest.fixture
-def provider(bed: dict[str, Any]) -> Iterator[Any]:
-    made = make_provider(bed)
+def provider(
+    bed: dict[str, Any], request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """Over WinRM; over transport: local when a test is parametrized with "local" (both_paths)."""
+    if getattr(request, "param", "winrm") == "local":
+        monkeypatch.setenv("PATH", bed["local"].path_with_bin(os.environ.get("PATH", "")))
+        made = make_provider(bed, transport="local", user=None, password=None)
+    else:
+        made = make_provider(bed)
     yield made
     made.close()
+
+
+both_paths = pytest.mark.parametrize("provider", ["winrm", "local"], indirect=True)
+
+
+def sent(bed: dict[str, Any], provider: Any) -> list[Any]:
+    """The scripts the stand-in that served ``provider`` received, oldest first."""
+    return bed["local" if provider.config.transport == "local" else "endpoint"].scripts
 
 
 def vm_request(name: str, disks: tuple[Any, ...], **overrides: Any) -> VmRequest:
@@ -126,6 +150,7 @@ def test_plain_http_with_basic_auth_when_the_playbook_says_so(bed: dict[str, Any
         endpoint.stop()
 
 
+@both_paths
 def test_disks_vm_and_undo_leave_nothing_behind(provider: Any, bed: dict[str, Any]) -> None:
     host: HypervHost = bed["host"]
     boot = provider.create_disk(DiskRequest("web01-disk0", 8 * MiB, "vhdx", "D:"))
@@ -211,6 +236,7 @@ def test_generation_1_boot_disk_on_scsi_is_refused_before_anything_is_created(
     provider.delete_disk(disk)
 
 
+@both_paths
 def test_missing_switch_and_foreign_vm_name_are_refused(provider: Any, bed: dict[str, Any]) -> None:
     host: HypervHost = bed["host"]
     disk = provider.create_disk(DiskRequest("sw-disk0", 4 * MiB, "vhdx", "D:"))
@@ -250,6 +276,7 @@ def test_a_full_volume_is_reported(provider: Any) -> None:
         provider.create_disk(DiskRequest("huge", 128 * MiB, "vhdx", "D:", provisioning="thick"))
 
 
+@both_paths
 def test_quotes_dollar_semicolon_and_newline_stay_data(provider: Any, bed: dict[str, Any]) -> None:
     host: HypervHost = bed["host"]
     host.vms["victim"] = HostVM("victim", 2, 512 * MiB, "C:\\VMs")
@@ -260,7 +287,7 @@ def test_quotes_dollar_semicolon_and_newline_stay_data(provider: Any, bed: dict[
         assert host.vms[name.lower()].name == name  # the whole string is the VM's name
         assert "victim" in host.vms and host.vms["victim"].state == "Off"
         assert provider.find_vm(name) == vm
-        for received in bed["endpoint"].scripts:
+        for received in sent(bed, provider):
             assert "whoami" not in received.script and "victim" not in received.script
         provider.delete_vm(vm)
     finally:
@@ -268,13 +295,16 @@ def test_quotes_dollar_semicolon_and_newline_stay_data(provider: Any, bed: dict[
     provider.delete_disk(disk)
 
 
+@both_paths
 def test_a_script_longer_than_the_command_line_goes_through_stdin(provider: Any, bed: dict[str, Any]) -> None:
-    names = [f"vm-{i:04d}-" + "n" * 40 for i in range(200)]  # about 10 KB of data: past cmd.exe's 8191
+    # about 10 KB of data: past cmd.exe's 8191 (WinRM), and as UTF-16 base64 past CreateProcess's 32767
+    names = [f"vm-{i:04d}-" + "n" * 40 for i in range(200)]
     result = provider.winrm.run("$hv.names | ConvertTo-Json -Depth 2 -Compress", {"names": names})
     assert result == names
-    assert bed["endpoint"].scripts[-1].via_stdin
+    assert sent(bed, provider)[-1].via_stdin
 
 
+@both_paths
 def test_the_stand_in_refuses_unknown_cmdlets_parameters_and_types(provider: Any) -> None:
     from orchestrator.transport.winrm import PowerShellError
 

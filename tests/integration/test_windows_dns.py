@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ from orchestrator.dns import (
 from orchestrator.playbook.models import WindowsDns
 from orchestrator.transport.winrm import PowerShellError
 from tests.fakes.dns_server_model import DnsServer
+from tests.fakes.local_host import LocalHostStandIn
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
 
 pytestmark = pytest.mark.integration
@@ -43,7 +45,9 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     server = DnsServer("DC01", zones=("corp.test", REVERSE))
     tls = mint_tls(root / "tls")
     endpoint = WinRMStandIn(None, users={USER: PASSWORD}, tls=tls, models=(server,)).start()
-    yield {"server": server, "endpoint": endpoint, "tls": tls}
+    local = LocalHostStandIn(None, models=(server,)).start()  # the same server, as transport: local has it
+    yield {"server": server, "endpoint": endpoint, "tls": tls, "local": local}
+    local.stop()
     endpoint.stop()
 
 
@@ -77,8 +81,17 @@ def config(bed: dict[str, Any], **overrides: Any) -> WindowsDns:
     return WindowsDns(**options)
 
 
-def test_check_move_verify_and_undo_restore_the_old_records(bed: dict[str, Any], server: DnsServer) -> None:
-    windows = config(bed)
+@pytest.mark.parametrize("transport", ["https", "local"])
+def test_check_move_verify_and_undo_restore_the_old_records(
+    bed: dict[str, Any], server: DnsServer, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over WinRM, and with the orchestrator on the DNS server itself (its powershell.exe: the stand-in's)."""
+    if transport == "local":
+        monkeypatch.setenv("PATH", bed["local"].path_with_bin(os.environ.get("PATH", "")))
+        windows = config(bed, transport="local", user=None, password=None)
+    else:
+        windows = config(bed)
+    received_by = bed["local" if transport == "local" else "endpoint"]
     touched = touched_rrsets(windows, "db01", "A", "10.1.0.12", None)
     assert touched == {
         "corp.test": [("db01", "A")],
@@ -107,9 +120,9 @@ def test_check_move_verify_and_undo_restore_the_old_records(bed: dict[str, Any],
     assert server.records(REVERSE, "12.0", "PTR") == []
 
     # only the fixed bodies are code: every value went as base64 data, and the password nowhere
-    for received in bed["endpoint"].scripts:
+    for received in received_by.scripts:
         assert "10.1.0.12" not in received.script and PASSWORD not in received.script
-    assert "-TimeToLive $hv.ttl0" in bed["endpoint"].scripts[-1].script
+    assert "-TimeToLive $hv.ttl0" in received_by.scripts[-1].script
 
 
 def test_records_of_one_name_keep_each_their_own_ttl(bed: dict[str, Any], server: DnsServer) -> None:

@@ -649,7 +649,7 @@ def test_secret_inputs_are_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None
     assert messages["providers.hv.pasword"] == "unknown field 'pasword'; did you mean 'password'?"
     assert messages["providers.hv.auth"] == "expected 'ntlm', 'kerberos', 'credssp' or 'basic'"
     # The same text was a valid password elsewhere, so it is masked even where a typo echoes it.
-    assert messages["providers.hv.transport"] == "expected 'https' or 'http', got '***'"
+    assert messages["providers.hv.transport"] == "expected 'https', 'http' or 'local', got '***'"
 
 
 def test_numeric_secret_asks_for_quotes_without_showing_it() -> None:
