@@ -20,7 +20,7 @@ from orchestrator.mirror.agent_bundle import agent_program
 from orchestrator.mirror.agent_session import AgentSession
 from orchestrator.mirror.blockmap import ABSENT, DATA, ZERO
 from orchestrator.mirror.errors import BlockMapMismatch, MirrorCancelled, MirrorError
-from orchestrator.mirror.hashing import BLAKE2B_128, XXH3_128, chunk_hasher
+from orchestrator.mirror.hashing import BLAKE2B_128, XXH3_128, available_algorithms, chunk_hasher
 from orchestrator.mirror.remote import RemotePassStats, mirror_remote
 from orchestrator.mirror.writer import TargetWriter
 from orchestrator.transport.local import LocalProcess, LocalTransport
@@ -87,6 +87,9 @@ class CuttingTransport(LocalTransport):
 
 
 # ---------------------------------------------------------------- helpers
+
+# what an agent without xxhash offers: SHA-256 first where this CPU has SHA instructions, BLAKE2b always
+STDLIB_ALGORITHMS = tuple(name for name in available_algorithms() if name != XXH3_128)
 
 
 def sample_pieces() -> dict[int, bytes]:
@@ -173,7 +176,7 @@ def test_agent_starts_from_the_shipped_program_and_says_hello() -> None:
 
 def test_a_stdlib_only_agent_offers_only_the_fallbacks() -> None:
     with AgentSession.start(LocalTransport(STDLIB_PYTHON)) as session:
-        assert session.info.hashes == (BLAKE2B_128,)
+        assert session.info.hashes == STDLIB_ALGORITHMS and session.info.hashes[-1] == BLAKE2B_128
         assert session.info.compressors == ("zlib",)
 
 
@@ -260,14 +263,14 @@ def test_incremental_with_nothing_changed_sends_no_data(source: Path, tmp_path: 
     assert stats.wire_bytes < 4 * KiB  # SAME markers with their 16-byte digests, one END
 
 
-def test_stdlib_only_agents_copy_with_blake2b_and_zlib(source: Path, tmp_path: Path) -> None:
+def test_stdlib_only_agents_copy_with_a_hashlib_digest_and_zlib(source: Path, tmp_path: Path) -> None:
     target = tmp_path / "target.img"
     fallback = LocalTransport(STDLIB_PYTHON)
     stats = remote(source, target, reader=fallback, writer=fallback)
-    assert (stats.hash_algorithm, stats.compression) == (BLAKE2B_128, "zlib")
+    assert (stats.hash_algorithm, stats.compression) == (STDLIB_ALGORITHMS[0], "zlib")
     assert sha256(target) == sha256(source)
     assert stats.raw_chunks == 2 and stats.payload_bytes < stats.bytes_written * 0.5
-    assert assert_map_tells_the_truth(target, algorithm=BLAKE2B_128) == len(DATA_CHUNKS)
+    assert assert_map_tells_the_truth(target, algorithm=STDLIB_ALGORITHMS[0]) == len(DATA_CHUNKS)
     again = remote(source, target, "incremental", reader=fallback, writer=fallback)
     assert again.data_frames == 0
 
@@ -279,8 +282,8 @@ def test_a_map_of_another_digest_algorithm_is_never_trusted_for_skipping(
     remote(source, target)  # xxh3_128 on both ends
     # the writer side lost xxhash: its map's digests cannot be compared, so everything is sent again
     switched = remote(source, target, "incremental", writer=LocalTransport(STDLIB_PYTHON))
-    assert switched.hash_algorithm == BLAKE2B_128
-    assert switched.map_reset_reason == "digest algorithm changed from xxh3_128 to blake2b-128"
+    assert switched.hash_algorithm == STDLIB_ALGORITHMS[0]
+    assert switched.map_reset_reason == f"digest algorithm changed from xxh3_128 to {STDLIB_ALGORITHMS[0]}"
     assert switched.chunks_written == len(DATA_CHUNKS) and switched.unchanged_bytes_skipped == 0
     assert sha256(target) == sha256(source)
     # the map now holds BLAKE2b digests: an xxh3 pass starts over too, and only then skips again

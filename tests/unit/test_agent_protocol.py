@@ -12,6 +12,7 @@ import pytest
 from orchestrator.mirror import protocol as wire
 from orchestrator.mirror.hashing import (
     BLAKE2B_128,
+    SHA256_128,
     XXH3_128,
     DiskDigest,
     chunk_digest,
@@ -166,6 +167,26 @@ def test_hashers_agree_with_the_module_functions_and_differ_between_algorithms()
     assert whole.hexdigest() != DiskDigest(XXH3_128).hexdigest()
     with pytest.raises(ValueError, match="unknown digest algorithm"):
         chunk_hasher("md5")
+
+
+def test_sha256_is_offered_only_where_the_cpu_computes_it_and_is_negotiated_before_blake2b(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hashlib
+
+    from orchestrator.mirror import hashing
+
+    sha = chunk_hasher(SHA256_128)
+    assert sha.digest(TEXT) == hashlib.sha256(TEXT).digest()[:16] and sha.zero(512) == sha.digest(bytes(512))
+    whole = DiskDigest(SHA256_128)
+    whole.update(sha.digest(TEXT))
+    assert whole.hexdigest() == hashlib.sha256(sha.digest(TEXT)).hexdigest()
+    assert negotiate_algorithm([SHA256_128, BLAKE2B_128], [XXH3_128, SHA256_128, BLAKE2B_128]) == SHA256_128
+    assert negotiate_algorithm([SHA256_128, BLAKE2B_128], [XXH3_128, BLAKE2B_128]) == BLAKE2B_128
+    for hardware in (True, False):
+        monkeypatch.setattr(hashing, "sha_in_hardware", lambda hardware=hardware: hardware)
+        assert (SHA256_128 in hashing.available_algorithms()) is hardware
+        assert hashing.available_algorithms()[-1] == BLAKE2B_128
 
 
 def test_map_identity_keeps_xxh3_maps_and_tags_the_others() -> None:
