@@ -7,8 +7,8 @@ Requests (JSON REQUEST frames), each answered by batches and then one RESULT:
 * ``scan`` {pairs: [[root, rule_root]], rules, xattrs} -> ENTRIES batches (codec.put_entry);
 * ``read`` {roots, block_size, retries, algorithm}, then OPS batches of (pair, rel, sparse, theirs) ended
   by an empty one -> PIECES batches (see tree.read_items);
-* ``hashes`` {roots, block_size, algorithm}, then OPS batches of (pair, rel) -> HASHES batches of
-  (pair, rel, digests);
+* ``hashes`` {roots, block_size, algorithm, signed}, then OPS batches of (pair, rel) -> HASHES batches of
+  (pair, rel, digests[, signature]) (tree.signed_block_hashes);
 * ``apply`` {roots, owners, xattrs}, then OPS batches of writer operations -> RESULT {problems, written};
 * ``case`` {roots} -> RESULT {folds: whether each root ignores the case of names};
 * ``watch`` {pairs, rules, memory, limit, block_size, retries} -> OPS batches of writer operations and
@@ -29,7 +29,16 @@ from typing import Any
 from orchestrator import __version__ as AGENT_VERSION
 from orchestrator.files import codec
 from orchestrator.files.rules import RuleSet, make_rule
-from orchestrator.files.tree import Applier, TreeWriter, block_hashes, join, problem_text, read_items, scan
+from orchestrator.files.tree import (
+    Applier,
+    TreeWriter,
+    block_hashes,
+    join,
+    problem_text,
+    read_items,
+    scan,
+    signed_block_hashes,
+)
 from orchestrator.mirror import protocol as wire
 
 
@@ -172,8 +181,16 @@ class FilesAgent:
         problems = []
         for pair, rel in list(self._batches()):
             try:
-                digests = block_hashes(join(roots[pair], rel), request["block_size"], request["algorithm"])
-                out.add((pair, rel, tuple(digests)))
+                path = join(roots[pair], rel)
+                if request.get("signed"):
+                    signature, digests = signed_block_hashes(
+                        path, request["block_size"], request["algorithm"]
+                    )
+                    out.add((pair, rel, tuple(digests), signature))
+                else:
+                    out.add(
+                        (pair, rel, tuple(block_hashes(path, request["block_size"], request["algorithm"])))
+                    )
             except OSError as exc:
                 problems.append([pair, rel.hex(), problem_text(exc)])
         out.flush()

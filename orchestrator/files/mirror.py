@@ -30,7 +30,17 @@ from orchestrator.mirror.hashing import available_algorithms, negotiate_algorith
 from . import case, codec
 from .bundle import files_agent_program
 from .rules import RuleSet
-from .tree import Applier, Entry, TreeWriter, block_hashes, join, meta_tuple, read_items, scan
+from .tree import (
+    Applier,
+    Entry,
+    TreeWriter,
+    block_hashes,
+    join,
+    meta_tuple,
+    read_items,
+    scan,
+    signed_block_hashes,
+)
 
 COMPARE_MODES = ("none", "attributes", "attributes_then_delta", "full_data")
 
@@ -104,6 +114,15 @@ class LocalTree:
         for pair, rel in items:
             with contextlib.suppress(OSError):
                 out[(pair, rel)] = block_hashes(join(roots[pair], rel), block_size, algorithm)
+        return out
+
+    def signed_hashes(
+        self, roots: list[bytes], items: list, block_size: int, algorithm: str
+    ) -> dict[tuple[int, bytes], tuple]:
+        out = {}
+        for pair, rel in items:
+            with contextlib.suppress(OSError):
+                out[(pair, rel)] = signed_block_hashes(join(roots[pair], rel), block_size, algorithm)
         return out
 
     def applier(self, roots: list[bytes], owners: bool, xattrs: bool, durable: bool = True) -> Any:
@@ -184,8 +203,8 @@ class RemoteTree:
             algorithm=algorithm,
         )
         self._ops(
-            (p, rel, sparse, tuple(theirs) if theirs is not None else None)
-            for p, rel, sparse, theirs in items
+            (p, rel, sparse, tuple(theirs) if theirs is not None else None, plan)
+            for p, rel, sparse, theirs, plan in items
         )
         for piece in self._stream(codec.PIECES):
             emit(piece)
@@ -198,6 +217,15 @@ class RemoteTree:
         )
         self._ops(items)
         return {(p, rel): list(digests) for p, rel, digests in self._stream(codec.HASHES)}
+
+    def signed_hashes(
+        self, roots: list[bytes], items: list, block_size: int, algorithm: str
+    ) -> dict[tuple[int, bytes], tuple]:
+        self.session.request(
+            "hashes", roots=[_hex(r) for r in roots], block_size=block_size, algorithm=algorithm, signed=True
+        )
+        self._ops(items)
+        return {(p, rel): (sig, list(digests)) for p, rel, digests, sig in self._stream(codec.HASHES)}
 
     def applier(self, roots: list[bytes], owners: bool, xattrs: bool, durable: bool = True) -> Any:
         self.session.request(
@@ -446,7 +474,7 @@ def mirror_pass(
     # Delta and full-data sends need the target's block digests first.
     delta_items = [(i, rel) for i, rel, _, delta in sends if delta]
     algorithm = negotiate_algorithm(source.algorithms, target.algorithms)
-    digests = target.hashes(roots_dst, delta_items, options.block_size, algorithm) if delta_items else {}
+    digests, plans = _delta_digests(source, target, roots_src, roots_dst, delta_items, options, algorithm)
 
     apply = target.applier(roots_dst, options.owners, options.xattrs, options.durable)
     for index, old, new in case_renames or ():
@@ -481,7 +509,10 @@ def mirror_pass(
                 {"path": shown(join(pairs[index].source, rel)), "message": message.decode()}
             )
 
-    items = [(i, rel, sparse, digests.get((i, rel)) if delta else None) for i, rel, sparse, delta in sends]
+    items = [
+        (i, rel, sparse, digests.get((i, rel)) if delta else None, plans.get((i, rel)))
+        for i, rel, sparse, delta in sends
+    ]
     if items:
         pipelined_read(source, roots_src, items, on_piece, options, algorithm)
     for index, rel, first in followers:
@@ -537,6 +568,50 @@ def _match_case(
             )
         renames = []
     return kept, remapped, renames
+
+
+def _delta_digests(
+    source: Any,
+    target: Any,
+    roots_src: list[bytes],
+    roots_dst: list[bytes],
+    items: list[tuple[int, bytes]],
+    options: Options,
+    algorithm: str,
+) -> tuple[dict, dict]:
+    """The target's block digests of the files a delta updates, and the blocks to read of each.
+
+    Both ends hash at the same time (each on its own host, or its own thread here) instead of the source
+    hashing as it reads, after the target is done: the pass then costs the longer of the two instead of
+    their sum. The plan of a file is the signature its source copy had while hashed and the blocks that
+    differed; a file that changed since is compared block by block as it is read, as before."""
+    if not items:
+        return {}, {}
+    got: dict[str, Any] = {}
+
+    def target_side() -> None:
+        try:
+            got["digests"] = target.hashes(roots_dst, items, options.block_size, algorithm)
+        except BaseException as exc:  # re-raised below, on the caller's thread
+            got["error"] = exc
+
+    thread = threading.Thread(target=target_side, name="hash-target")
+    thread.start()
+    try:
+        signed = source.signed_hashes(roots_src, items, options.block_size, algorithm)
+    finally:
+        thread.join()
+    if "error" in got:
+        raise got["error"]
+    digests = got["digests"]
+    plans = {}
+    for key, (signature, mine) in signed.items():
+        theirs = digests.get(key)
+        if signature is None or theirs is None:
+            continue
+        blocks = tuple(i for i, digest in enumerate(mine) if i >= len(theirs) or digest != theirs[i])
+        plans[key] = (tuple(signature), blocks)
+    return digests, plans
 
 
 class _Stopped(Exception):

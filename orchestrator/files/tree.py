@@ -276,15 +276,28 @@ def block_digester(algorithm: str = BLAKE2B_128) -> Callable[[bytes | memoryview
 
 def block_hashes(path: bytes, block_size: int, algorithm: str = BLAKE2B_128) -> list[bytes]:
     """Digests of every block of a file (the target's side of a delta or full-data compare)."""
+    return signed_block_hashes(path, block_size, algorithm)[1]
+
+
+def signed_block_hashes(
+    path: bytes, block_size: int, algorithm: str = BLAKE2B_128
+) -> tuple[tuple[int, int, int, int] | None, list[bytes]]:
+    """The digests and the file's signature (size, times, inode) they are true for; None when the file
+    changed while it was hashed. A source file's digests computed while the target computes its own let
+    the read that follows fetch only the differing blocks (``read_file``'s ``plan``), as long as the file
+    still has that signature when it is read."""
     block_digest = block_digester(algorithm)
     digests = []
     with open(path, "rb", buffering=0) as handle:
+        before = os.fstat(handle.fileno())
         while True:
             data = handle.read(block_size)
             if not data:
                 break
             digests.append(block_digest(data))
-    return digests
+        after = os.fstat(handle.fileno())
+    signature = _signature(before)
+    return (signature if signature == _signature(after) else None), digests
 
 
 def data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -319,11 +332,14 @@ def read_file(
     retries: int = 3,
     after_read: Any = None,
     algorithm: str = BLAKE2B_128,
+    plan: tuple[tuple, tuple[int, ...]] | None = None,
 ) -> FileRead:
     """Read one source file and hand its pieces to ``emit(kind, offset, data)``; kinds: b"s" start of an
     attempt (data = size as bytes), b"d" data at offset. With ``theirs`` (the target's block digests)
-    only differing blocks are emitted. A file that changed while it was read is read again from the
-    start (the writer discards the earlier attempt), up to ``retries`` more times."""
+    only differing blocks are emitted; with ``plan`` (the signature the file had when both ends hashed
+    it, and the blocks that differed then) only those blocks are read, while the file still has that
+    signature. A file that changed while it was read is read again from the start (the writer discards
+    the earlier attempt), up to ``retries`` more times."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
     except PermissionError as exc:
@@ -336,7 +352,14 @@ def read_file(
             before = os.fstat(fd)
             size = before.st_size
             emit(b"s", size, b"")
-            if theirs is not None:
+            if plan is not None and attempt == 0 and tuple(plan[0]) == _signature(before):
+                for index in plan[1]:
+                    offset = index * block_size
+                    data = os.pread(fd, min(block_size, size - offset), offset)
+                    if data:
+                        sent.add(index)
+                        emit(b"d", offset, data)
+            elif theirs is not None:
                 _emit_blocks(fd, size, block_size, theirs, emit, sent, block_digester(algorithm))
             else:
                 ranges = data_ranges(fd, size) if sparse else [(0, size)]
@@ -772,10 +795,12 @@ def read_items(
     after_read: Any = None,
     algorithm: str = BLAKE2B_128,
 ) -> None:
-    """Read each (pair, rel, sparse, theirs) and emit pieces: (b"s", pair, rel, size) when an attempt
-    starts, (b"d", offset, data), (b"e", stable) at the end, or (b"x", pair, rel, message) when the file
-    cannot be read (permission denied, gone): logged by the caller, and the rest goes on."""
-    for pair, rel, sparse, theirs in items:
+    """Read each (pair, rel, sparse, theirs[, plan]) and emit pieces: (b"s", pair, rel, size) when an
+    attempt starts, (b"d", offset, data), (b"e", stable) at the end, or (b"x", pair, rel, message) when the
+    file cannot be read (permission denied, gone): logged by the caller, and the rest goes on."""
+    for item in items:
+        pair, rel, sparse, theirs = item[:4]
+        plan = item[4] if len(item) > 4 else None
         path = join(roots[pair], rel)
         started = [False]
 
@@ -798,6 +823,7 @@ def read_items(
                 retries=retries,
                 after_read=after_read,
                 algorithm=algorithm,
+                plan=plan,
             )
         except OSError as exc:
             if started[0]:

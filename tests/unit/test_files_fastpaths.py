@@ -185,3 +185,43 @@ def test_large_delta_is_written_in_place_and_a_block_changed_back_while_read_is_
         LocalTree(after_read=revert), LocalTree(), pairs, rules, Options(compare="attributes_then_delta")
     )
     assert again.unstable == [] and copy.read_bytes() == big.read_bytes()
+
+
+def test_a_delta_reads_only_the_blocks_both_ends_found_different_unless_the_file_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ends hash at once; the read then fetches the differing blocks only. A file written between
+    the hashing and the read has another signature: it is compared block by block as it is read."""
+    (tmp_path / "src").mkdir()
+    big = tmp_path / "src" / "big.bin"
+    big.write_bytes(os.urandom(1 * MiB))
+    rules, pairs = one_pair(tmp_path)
+    mirror_pass(LocalTree(), LocalTree(), pairs, rules, Options())
+    block = 128 * 1024
+
+    def patch(offset: int, data: bytes) -> None:
+        with open(big, "r+b") as handle:
+            handle.seek(offset)
+            handle.write(data)
+
+    compared: list[bytes] = []
+    real_emit_blocks = tree._emit_blocks
+    monkeypatch.setattr(
+        tree, "_emit_blocks", lambda fd, *rest: compared.append(b"") or real_emit_blocks(fd, *rest)
+    )
+    patch(3 * block, b"changed")
+    delta = mirror_pass(LocalTree(), LocalTree(), pairs, rules, Options(compare="attributes_then_delta"))
+    assert (delta.files_sent, delta.bytes_sent, compared) == (1, block, [])
+
+    class WritesAfterHashing(LocalTree):
+        def signed_hashes(self, *args: object) -> dict:
+            out = super().signed_hashes(*args)
+            patch(6 * block, b"late")  # after both ends hashed, before the read
+            return out
+
+    patch(1 * block, b"again")
+    late = mirror_pass(
+        WritesAfterHashing(), LocalTree(), pairs, rules, Options(compare="attributes_then_delta")
+    )
+    assert (late.files_sent, late.bytes_sent, len(compared)) == (1, 2 * block, 1)
+    assert (tmp_path / "dst" / "big.bin").read_bytes() == big.read_bytes()
