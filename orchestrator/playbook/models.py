@@ -639,24 +639,62 @@ class WinrmSource(Model):
     type: Literal["winrm"]
     host: str
     port: int | None = Field(None, ge=1, le=65535)
-    user: str
-    password: SecretStr
-    transport: Literal["https", "http"] = "https"
+    user: str | None = Field(None, description="the WinRM login (required unless transport is local)")
+    password: SecretStr | None = Field(None, description="required unless transport is local")
+    transport: Literal["https", "http", "local"] = Field(
+        "https",
+        description="WinRM over https (5986, certificate checked) or http; local: the orchestrator runs on "
+        "the source server itself, the same scripts run by its powershell.exe and the agent as a local "
+        "process, with no login (the user running the orchestrator must be an administrator there); user "
+        "and password are then not used",
+    )
     auth: Literal["ntlm", "kerberos", "credssp"] = "ntlm"
     ca_bundle: Path | None = Field(
         None, description="CA certificate(s) that issued the source's WinRM certificate"
     )
     insecure: bool = False
     vss: bool = Field(
-        True, description="read each pass from a VSS shadow copy of the source's volumes (removed after it)"
+        True,
+        description="read each pass from a VSS shadow copy of the source's volumes (removed after it); the "
+        "final pass reads shadow copies taken after `services` stopped",
     )
-    services: list[str] = Field(default_factory=list)
+    services: list[str] = Field(
+        default_factory=list,
+        description="Windows services stopped before the final pass (Stop-Service -Force: their running "
+        "dependent services stop too), by service or display name; exactly those that were running are "
+        "started again after the pass, on a failure and by undo",
+    )
+    service_timeout: Duration = Field(
+        300, description="how long the services may take to stop before the cutover fails (and restarts them)"
+    )
     python: str | None = Field(
         None,
-        pattern=r"^[A-Za-z]:\\[^\x00-\x1f\"*?<>|]*\.exe$",
-        description="CPython 3.8+ on the source (C:\\Python311\\python.exe): the hvmigrate agent runs "
-        "with it, over WinRM, to read the disks",
+        pattern=r"^([A-Za-z]:\\[^\x00-\x1f\"*?<>|]*|[A-Za-z0-9_.-]+)\.exe$",
+        description="CPython 3.8+ on the source (C:\\Python311\\python.exe, or a name on its PATH such as "
+        "python.exe): the hvmigrate agent runs with it, over WinRM (or as a local process with transport: "
+        "local, where it defaults to the orchestrator's own Python), to read the disks",
     )
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or len(name) > 256 or re.search(r"[\\/\x00-\x1f*?\[\]`]", name):
+                raise ValueError(
+                    f"{name!r} is not a Windows service name hvmigrate can address exactly (1-256 "
+                    "characters, none of / \\ * ? [ ] ` or control characters); use the service's name "
+                    "as Get-Service shows it"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _login_unless_local(self) -> WinrmSource:
+        if self.transport != "local" and (self.user is None or self.password is None):
+            raise ValueError(
+                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
+                "transport: local when the orchestrator runs on the source server itself"
+            )
+        return self
 
 
 class GuestLogin(LinuxQuiesce, SshLogin):

@@ -87,8 +87,8 @@ class LocalPowerShell:
                 return default
             raise WinRMError(
                 f"{self.executable} is not on the PATH of {self.name}: transport: local runs the scripts "
-                "with Windows PowerShell on the Hyper-V host itself; run the orchestrator there, or use "
-                "transport: https"
+                "with Windows PowerShell on the Windows host itself (Hyper-V host, DNS server or source);"
+                " run the orchestrator there, or use transport: https"
             )
         return found
 

@@ -7,7 +7,8 @@ exists only where the BitLocker feature is installed (its absence means no volum
 Cmdlets: Win32_OperatingSystem and Win32_ComputerSystem through Get-CimInstance (CimCmdlets), Get-ComputerInfo
 (BiosFirmwareType: 1 BIOS, 2 UEFI), Get-Disk / Get-Partition / Get-Volume (Storage), Get-NetAdapter and
 Get-NetIPConfiguration (NetAdapter, NetTCPIP), Get-BitLockerVolume (BitLocker), Win32_ShadowCopy's Create
-method through Invoke-CimMethod and Remove-CimInstance for VSS, Stop-Computer to shut down.
+method through Invoke-CimMethod and Remove-CimInstance for VSS, Stop-Computer to shut down, Get-Service,
+Stop-Service and Start-Service (with Where-Object's -Property/-EQ/-Value form) for `source.services`.
 """
 
 from __future__ import annotations
@@ -40,3 +41,24 @@ VSS_GET = (
 VSS_REMOVE = "Get-CimInstance -ClassName 'Win32_ShadowCopy' -Filter $hv.filter | Remove-CimInstance"
 
 SHUTDOWN = {True: "Stop-Computer -Force", False: "Stop-Computer"}
+
+# Services (Microsoft.PowerShell.Management). The playbook's names go to -Name, which resolves a service
+# or display name as Windows does and fails on one that does not exist (NoServiceFoundForGivenName); the
+# playbook refuses wildcard characters, so each names exactly one service. -DependentServices lists every
+# service depending on them, directly or not. Status and StartType print as numbers
+# (ServiceControllerStatus, ServiceStartMode).
+SERVICES_FIND = (
+    "@(Get-Service -Name $hv.names | Select-Object -Property Name, DisplayName, Status, StartType) "
+    "| ConvertTo-Json -Compress"
+)
+SERVICES_DEPENDENT = (
+    "@(Get-Service -Name $hv.names -DependentServices | Select-Object -Property Name, Status, StartType) "
+    "| ConvertTo-Json -Compress"
+)
+SERVICES_ALL = "@(Get-Service | Select-Object -Property Name, Status, StartType) | ConvertTo-Json -Compress"
+# Names Windows reported (a dependant's may hold wildcard characters) select by equality, never as a
+# -Name pattern. -Force stops the running dependants first, as Windows requires; -NoWait returns once
+# the stop control is sent, and source.py polls SERVICES_ALL with a timeout (Stop-Service alone waits
+# for ever on a service that never stops). Start-Service starts what the service depends on first.
+SERVICE_STOP = "Get-Service | Where-Object -Property Name -EQ -Value $hv.name | Stop-Service -Force -NoWait"
+SERVICE_START = "Get-Service | Where-Object -Property Name -EQ -Value $hv.name | Start-Service"

@@ -19,9 +19,17 @@ device, ``\\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopyN``), and the agent
 the shadow devices and the rest of the disk live (orchestrator/mirror/device_reader.py). So every NTFS or
 ReFS volume with a drive letter is point-in-time for the pass, whatever the server writes meanwhile. Read
 live: partition tables, volumes without a letter or on other file systems (the EFI system partition,
-the recovery partition), which rarely change; an incremental pass repairs what did. The final pass
-(``take=False`` in the mirror steps: no pass snapshot) reads the live disk, which is exact only once the
-server stopped writing.
+the recovery partition), which rarely change; an incremental pass repairs what did.
+The final pass takes no pass snapshot (``take=False`` in the mirror steps): `quiesce` holds its shadow
+copies instead. It stops ``services`` (services.py: Stop-Service -Force, dependants included, polled
+with a timeout), then, with ``vss``, takes one shadow copy per volume, so the final pass reads the
+volumes as they were once the services had stopped, while the server itself runs on. The returned state
+(journaled by the step) names the services stopped and the shadows taken; `thaw` removes those shadows
+and starts exactly those services, also from the journaled state after a restart, and on undo.
+
+``transport: local`` (the orchestrator runs on the source itself): the same scripts run by this
+machine's powershell.exe (orchestrator/transport/local_powershell.py), and the agent is a local process
+(``python``, else the orchestrator's own interpreter); no login.
 """
 
 from __future__ import annotations
@@ -34,17 +42,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.playbook.models import WinrmSource as WinrmSourceConfig
-from orchestrator.transport.winrm import PowerShellError, WinRM, WinRMError, WinRMTarget
+from orchestrator.transport.local_powershell import powershell_for
+from orchestrator.transport.winrm import PowerShellError, WinRMError
 from providers.base import (
     AgentLocation,
     DiskReader,
     ProviderError,
+    SourceDisk,
     SourceFacts,
     TransientProviderError,
 )
 
 from . import scripts
 from .facts import bitlocker_states, facts_from_discovery, listed, volume_extents
+from .services import ServiceState, WindowsServices
 
 _GUID = re.compile(r"\{[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}\}")
 # Win32_ShadowCopy.Create's return values that are worth a retry (VSS busy), and their meaning.
@@ -91,21 +102,33 @@ class WinrmSource:
         self.config = config
         self.host = config.host
         self.disks = list(disks)
-        self.winrm = WinRM(WinRMTarget.from_config(config))
+        self.winrm = powershell_for(config)  # WinRM, or this machine's powershell.exe (transport: local)
         self._facts: SourceFacts | None = None
         self._found: Mapping[str, Any] = {}  # discovery as Windows answered it (partition extents)
         self._shadows: dict[str, dict[str, str]] = {}  # volume ("C:\\") -> shadow of the running pass
+        self._quiesced: ServiceState | None = None  # what quiesce changed, as this process knows it
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"WinrmSource({self.name!r}, {self.config.user}@{self.winrm.target.url})"
+        login = "" if self.config.transport == "local" else f"{self.config.user}@"
+        return f"WinrmSource({self.name!r}, {login}{self.winrm.where})"
 
-    def _run(self, body: str, data: Mapping[str, Any] | None, doing: str) -> Any:
+    def _run(
+        self,
+        body: str,
+        data: Mapping[str, Any] | None,
+        doing: str,
+        fix: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Run a script; a failure is one line, ended by ``fix``'s advice for its error id, if any."""
         try:
             return self.winrm.run(body, data)
         except PowerShellError as exc:
+            advice = next(
+                (f"; {text}" for key, text in (fix or {}).items() if exc.error_id.startswith(key)), ""
+            )
             raise ProviderError(
-                f"server {self.name}: {doing} on {self.config.host} failed: {exc.message}"
+                f"server {self.name}: {doing} on {self.config.host} failed: {exc.message}{advice}"
             ) from None
         except WinRMError as exc:
             error = TransientProviderError if exc.retryable else ProviderError
@@ -140,12 +163,36 @@ class WinrmSource:
 
     def disk_location(self, name: str) -> AgentLocation | None:
         """The agent on the source reading ``\\\\.\\<name>``, with its size from discovery."""
+        if self.config.transport == "local":
+            return self._local_location(name)
         if not self.config.python:
             raise ProviderError(
                 f"server {self.name}: reading {name} of a Windows source needs the hvmigrate agent on "
                 f"{self.config.host}: install CPython 3.8+ there and set source.python to its python.exe "
                 "(C:\\Python311\\python.exe), or migrate from an image of its disks (source: {type: image})"
             )
+        disk = self._disk(name)
+        from orchestrator.transport.winrm_agent import WinRMTransport
+
+        transport = WinRMTransport(self.winrm, self.config.python, name=self.config.host)
+        return AgentLocation(
+            transport, f"\\\\.\\{disk.name}", size=disk.size, overlay=self._overlay(disk.name)
+        )
+
+    def _local_location(self, name: str) -> AgentLocation:
+        """On the source itself: the agent is a local process (``python``, else this interpreter)."""
+        from orchestrator.transport.local import LocalTransport
+
+        disk = self._disk(name)
+        python = [self.config.python] if self.config.python else None
+        return AgentLocation(
+            LocalTransport(python, name=self.config.host),
+            f"\\\\.\\{disk.name}",
+            size=disk.size,
+            overlay=self._overlay(disk.name),
+        )
+
+    def _disk(self, name: str) -> SourceDisk:
         facts = self._facts or self.discover()
         disk = next((d for d in facts.disks if d.name.lower() == name.lower()), None)
         if disk is None or not re.fullmatch(r"PhysicalDrive\d+", disk.name):
@@ -153,12 +200,7 @@ class WinrmSource:
             raise ProviderError(
                 f"server {self.name}: {self.config.host} has no disk {name} (its disks: {known})"
             )
-        from orchestrator.transport.winrm_agent import WinRMTransport
-
-        transport = WinRMTransport(self.winrm, self.config.python, name=self.config.host)
-        return AgentLocation(
-            transport, f"\\\\.\\{disk.name}", size=disk.size, overlay=self._overlay(disk.name)
-        )
+        return disk
 
     def _overlay(self, disk: str) -> tuple[tuple[int, int, str], ...]:
         """(offset, length, shadow device) of each volume on ``disk`` the running pass holds a shadow of."""
@@ -202,20 +244,26 @@ class WinrmSource:
         """
         if not state:
             return
-        failures = []
-        for volume, shadow in dict(state.get("shadows", {})).items():
-            try:
-                self._run(
-                    scripts.VSS_REMOVE, {"filter": _shadow_filter(shadow["id"])}, "removing a shadow copy"
-                )
-            except ProviderError as exc:
-                failures.append(f"{volume} {shadow['id']}: {exc}")
+        failures = self._remove_shadows(dict(state.get("shadows", {})))
         if failures:
             raise ProviderError(
                 f"server {self.name}: {len(failures)} shadow copies could not be removed "
                 f"({'; '.join(failures)}); remove them with vssadmin delete shadows /shadow=ID, then run "
                 "undo again"
             )
+
+    def _remove_shadows(self, shadows: dict[str, dict[str, str]]) -> list[str]:
+        """Remove each shadow copy, dropping it from ``shadows`` once gone; why each other one failed."""
+        failures = []
+        for volume, shadow in list(shadows.items()):
+            try:
+                self._run(
+                    scripts.VSS_REMOVE, {"filter": _shadow_filter(shadow["id"])}, "removing a shadow copy"
+                )
+                del shadows[volume]
+            except ProviderError as exc:
+                failures.append(f"{volume} {shadow['id']}: {exc}")
+        return failures
 
     def change_ids(self) -> dict[str, str]:
         """Windows keeps no changed-block tracking a reader can ask for: every pass hashes every chunk."""
@@ -251,24 +299,86 @@ class WinrmSource:
 
     # ------------------------------------------------------------ quiesce and power
 
+    def services(self) -> WindowsServices:
+        return WindowsServices(self._run, self.config.host)
+
     def quiesce(self) -> dict[str, Any] | None:
-        """VSS makes each pass consistent; stopping services before the final pass is not built yet."""
-        if self.config.services:
-            raise ProviderError(
-                f"server {self.name}: stopping services on a Windows source is not built yet; remove "
-                "source.services (VSS writers make each pass application-consistent)"
-            )
-        return None
+        """Stop ``services`` (their dependants too), then take the shadow copies the final pass reads.
+
+        Each service is recorded before it is stopped; on any failure what was done is undone (the
+        services started again, the shadows removed) before the error is raised, so it stops everything
+        or nothing. None when there is nothing to do (no services, vss off): the final pass reads live.
+        """
+        if not self.config.services and not self.config.vss:
+            return None
+        state = ServiceState()
+        self._quiesced = state  # filled in as it goes: a failed quiesce keeps what it could not undo
+        try:
+            self.services().stop(self.config.services, state, float(self.config.service_timeout))
+            if self.config.vss:
+                for volume in self._snapshot_volumes():
+                    state.shadows[volume] = self._create_shadow(volume)
+        except Exception as exc:
+            done = bool(state.services or state.shadows)
+            failures = self._undo(state)
+            if failures:
+                after = f"; undoing what it had done also failed: {'; '.join(failures)}"
+            else:
+                after = (
+                    "; the services it had stopped were started again" if done else "; nothing was stopped"
+                )
+            reason = str(exc).removeprefix(f"server {self.name}: ")
+            error = type(exc) if isinstance(exc, ProviderError) else ProviderError
+            raise error(f"server {self.name}: quiesce on {self.config.host} failed: {reason}{after}") from exc
+        self._shadows = dict(state.shadows)  # what disk_location overlays for the final pass
+        return state.to_json()
+
+    @property
+    def quiesce_state(self) -> dict[str, Any] | None:
+        """What quiesce changed, as JSON; None when this process does not know."""
+        return self._quiesced.to_json() if self._quiesced is not None else None
+
+    def restore_quiesce_state(self, state: Mapping[str, Any]) -> None:
+        """Adopt a journaled quiesce state after a restart: the final pass reads its shadow copies again."""
+        self._quiesced = ServiceState.from_json(state)
+        self._shadows = dict(self._quiesced.shadows)
 
     def thaw(self, state: Mapping[str, Any] | None = None) -> None:
-        """Nothing is paused by `quiesce`."""
+        """Remove quiesce's shadow copies and start exactly the services it stopped: from ``state``
+        (journaled), else what this process recorded, else (no record at all) the listed services that
+        are stopped though set to start automatically. Every item is tried; failures are kept for a retry
+        and reported together."""
+        if state is not None:
+            self._quiesced = ServiceState.from_json(state)
+        if self._quiesced is None:
+            self._quiesced = ServiceState(services=self.services().assumed_stopped(self.config.services))
+        failures = self._undo(self._quiesced)
+        if failures:
+            raise ProviderError(
+                f"server {self.name}: thaw on {self.config.host} left {len(failures)} item(s) undone: "
+                f"{'; '.join(failures)}; fix them on the source, then run undo (or the cutover) again"
+            )
+
+    def _undo(self, state: ServiceState) -> list[str]:
+        """Shadows first (a pass that is over needs none), then the services, those that need others
+        first; ``state`` keeps what could not be undone."""
+        self._shadows = {}
+        failures = self._remove_shadows(state.shadows)
+        kept, failed = self.services().start(list(reversed(state.services)))
+        state.services = [name for name in state.services if name in kept]
+        return failures + failed
 
     def shutdown(self, timeout: float, force: bool) -> None:
+        """Stop the computer; quiesce's shadow copies go first (they would outlive the migration on the
+        source's volumes), its stopped services stay stopped."""
+        if self._quiesced is not None and self._quiesced.shadows:
+            self._shadows = {}
+            self._remove_shadows(self._quiesced.shadows)  # best effort: the shutdown matters more
         self._run(scripts.SHUTDOWN[force], None, "shutting down")
 
     def start(self) -> None:
         raise ProviderError(
-            f"server {self.name}: {self.config.host} is a machine reached over WinRM; this tool cannot power "
+            f"server {self.name}: {self.config.host} is a running Windows server; this tool cannot power "
             "it on: start it by hand (console, BMC, or its hypervisor)"
         )
 

@@ -6,7 +6,8 @@ Cmdlets and parameter names follow Microsoft's reference for CimCmdlets (Get-Cim
 Remove-CimInstance), Microsoft.PowerShell.Management (Get-ComputerInfo, Stop-Computer), Storage (Get-Disk,
 Get-Partition, Get-Volume), NetAdapter / NetTCPIP / DnsClient (Get-NetAdapter, Get-NetIPConfiguration,
 Set-NetIPInterface, New-NetIPAddress, Set-DnsClientServerAddress), BitLocker (Get-BitLockerVolume) and
-PackageManagement (Get-Package, Uninstall-Package), plus Where-Object's simplified -Property/-EQ/-Value
+PackageManagement (Get-Package, Uninstall-Package), services (Get-Service, Stop-Service, Start-Service:
+windows_services.py), plus Where-Object's simplified -Property/-EQ/-Value
 form; only the parameters hvmigrate uses are accepted. Win32_ShadowCopy.Create returns its documented
 codes (3: volume not found; 6: no storage), and a shadow copy is a real frozen copy of its volume's
 bytes (the partition's range of the disk file, copied when the shadow is made), which an agent on the
@@ -30,6 +31,7 @@ from typing import Any
 from .hyperv_host import PSEnum
 from .powershell import Cmdlet, Param, PSError, PSObject
 from .ps_generic import common_error_action, generic_cmdlets
+from .windows_services import Service, ServiceControlManager
 
 CIM = "Microsoft.Management.Infrastructure.CimInstance#"
 GiB = 1024**3
@@ -76,6 +78,7 @@ class WindowsMachine:
     adapters: list[Adapter] = field(default_factory=list)
     bitlocker_feature: bool = True
     packages: list[str] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)  # Get-/Stop-/Start-Service (windows_services.py)
     shadows: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {volume, device}
     vss_full: bool = False  # no storage for another shadow copy (return value 6)
     stopped: bool = False
@@ -126,7 +129,11 @@ class WindowsMachine:
         return frozen
 
     def cmdlets(self) -> dict[str, Cmdlet]:
-        cmdlets = {**generic_cmdlets(), **_build(self)}
+        cmdlets = {
+            **generic_cmdlets(),
+            **_build(self),
+            **ServiceControlManager(self.services, self.lock).cmdlets(),
+        }
         if not self.bitlocker_feature:
             del cmdlets["get-bitlockervolume"]
         return cmdlets
