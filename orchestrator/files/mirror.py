@@ -488,6 +488,12 @@ def mirror_pass(
         if kind == b"d":
             result.bytes_sent += len(piece[2])
             apply((b"W", piece[1], piece[2]))
+        elif kind == b"f":
+            _, index, rel, data = piece
+            key = (index, rel)
+            result.files_sent += 1
+            result.bytes_sent += len(data)
+            apply((b"F", index, rel, meta_tuple(src_by_key[key].meta), data, key not in theirs))
         elif kind == b"s":
             _, index, rel, size = piece
             key = (index, rel)

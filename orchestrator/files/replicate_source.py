@@ -271,6 +271,11 @@ class ChangeStream:
                 self.out.add((b"W", piece[1], piece[2]))
             elif kind == b"e":
                 self.out.add((b"E",))
+            elif kind == b"f":  # a small file in one piece (tree.read_small)
+                self.out.add((b"B", pair, rel, meta, False, False, through))
+                self.out.add((b"S", len(piece[3])))
+                self.out.add((b"W", 0, piece[3]))
+                self.out.add((b"E",))
 
         read_items(
             self.roots, [(pair, rel, sparse, None)], emit, block_size=self.block_size, retries=self.retries

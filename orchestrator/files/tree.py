@@ -381,6 +381,9 @@ def read_file(
         os.close(fd)
 
 
+SMALL_FILE = 256 * 1024  # sent in one piece: most files of a tree are this small
+
+
 def _emit_blocks(
     fd: int,
     size: int,
@@ -558,6 +561,17 @@ class TreeWriter:
             if stat.S_ISDIR(os.lstat(destination).st_mode) != stat.S_ISDIR(os.lstat(path).st_mode):
                 _remove(destination)
         os.rename(path, destination)
+
+    def whole(self, rel: bytes, meta: Meta, data: bytes | memoryview, fresh: bool) -> None:
+        """A small file's whole content in one call (read_small's other side)."""
+        self.begin(rel, meta, False, fresh)
+        try:
+            self.restart(len(data))
+            self.data(0, data)
+        except BaseException:
+            self.abort()
+            raise
+        self.end()
 
     # -- files, in pieces: begin, data..., end
 
@@ -803,15 +817,32 @@ def read_items(
         plan = item[4] if len(item) > 4 else None
         path = join(roots[pair], rel)
         started = [False]
+        # A small whole file's attempt is held and goes as one piece (b"f", pair, rel, data) once read
+        # stable: one tuple on the wire and one call on the writer (TreeWriter.whole) instead of three.
+        held: list = [None]  # [size, data] of the current attempt while held; None: pieces pass through
+        whole = theirs is None and not sparse
 
         def piece(
-            kind: bytes, offset: int, data: bytes, pair: int = pair, rel: bytes = rel, started: list = started
+            kind: bytes,
+            offset: int,
+            data: Any,
+            pair: int = pair,
+            rel: bytes = rel,
+            started: list = started,
+            held: list = held,
+            whole: bool = whole,
         ) -> None:
             if kind == b"s":
                 started[0] = True
+                if whole and offset <= SMALL_FILE:
+                    held[0] = [offset, b""]
+                    return
+                held[0] = None
                 emit((b"s", pair, rel, offset))
+            elif held[0] is not None:
+                held[0][1] += data
             else:
-                emit((b"d", offset, data))
+                emit((kind, offset, data))
 
         try:
             result = read_file(
@@ -826,10 +857,18 @@ def read_items(
                 plan=plan,
             )
         except OSError as exc:
-            if started[0]:
+            if started[0] and held[0] is None:
                 emit((b"e", False))
             emit((b"x", pair, rel, problem_text(exc).encode()))
             continue
+        if held[0] is not None:
+            size, data = held[0]
+            if result.stable and len(data) == size:
+                emit((b"f", pair, rel, data))
+                continue
+            emit((b"s", pair, rel, size))  # kept changing: sent as read, marked unstable
+            if data:
+                emit((b"d", 0, data))
         emit((b"e", result.stable))
 
 
@@ -880,7 +919,10 @@ class Applier:
         pair, rel = op[1], op[2]
         writer = self.writers[pair]
         try:
-            if kind == b"B":
+            if kind == b"F":
+                writer.whole(rel, meta_from(op[3]), op[4], op[5])
+                self.written += len(op[4])
+            elif kind == b"B":
                 self.current, self.failed = (pair, rel), False
                 through = len(op) > 6 and bool(op[6])  # replication: written through a target link
                 writer.begin(rel, meta_from(op[3]), bool(op[4]), len(op) > 5 and bool(op[5]), through)
