@@ -4,8 +4,9 @@ pywinrm talks real HTTPS with NTLM to the WS-Management stand-in (tests/fakes), 
 agent as the source's ``python.exe`` (tests/fakes/agent_process.py): the agent program arrives on stdin,
 and every frame crosses as base64 in Send and Receive envelopes. The disks are small files the model
 publishes as ``\\\\.\\PhysicalDriveN``; the target is a local file written by a local agent, so the pass
-is the real two-agent relay. What this cannot show: Windows' own Python reading a raw disk (sharing,
-sector alignment), and VSS (each pass reads the live disk: see providers/windows/source.py).
+is the real two-agent relay. What this cannot show: Windows' own Python reading a raw disk (sharing
+modes; alignment is enforced by the Windows-os stand-in), and real VSS (test_windows_vss.py reads the
+model's frozen shadow copies).
 """
 
 from __future__ import annotations
