@@ -20,22 +20,19 @@ from typing import Any
 import pytest
 
 from orchestrator.mirror.errors import MirrorError
-from orchestrator.mirror.route import DiskCopy, copy_disk
-from orchestrator.playbook.models import Playbook
 from orchestrator.transport import TransportError
 from orchestrator.transport.winrm import WinRM, WinRMTarget
 from orchestrator.transport.winrm_agent import WinRMTransport, windows_command
-from providers.base import AgentLocation, ProviderError
-from providers.registry import open_source
+from providers.base import ProviderError
 from tests.fakes.agent_process import windows_argv
 from tests.fakes.windows_source_model import Volume, WindowsMachine
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
+from tests.windows_source_bed import CHUNK, one_pass, open_windows_source, over_winrm
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
 
 MiB = 1024**2
-CHUNK = 256 * 1024
 USER, PASSWORD = "migrator", "Pa$$;'w\"rd"
 PYTHON = "C:\\Program Files\\Python311\\python.exe"  # a space in it: quoted on the command line
 
@@ -72,61 +69,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     endpoint.stop()
 
 
-def open_windows_source(bed: dict[str, Any], **extra: Any) -> Any:
-    book = Playbook.model_validate(
-        {
-            "apiVersion": "hvmigrate/v1",
-            "kind": "MigrationPlaybook",
-            "name": "win",
-            "providers": {"local": {"type": "sim", "root": "./sim"}},
-            "servers": [
-                {
-                    "name": "app02",
-                    "source": {
-                        "type": "winrm",
-                        "host": "localhost",
-                        "port": bed["endpoint"].port,
-                        "user": f"CORP\\{USER}",
-                        "password": PASSWORD,
-                        "ca_bundle": str(bed["tls"].ca_file),
-                        "python": PYTHON,
-                        **extra,
-                    },
-                    "target": {
-                        "provider": "local",
-                        "vm_name": "app02",
-                        "disks": [{"source": "PhysicalDrive0"}],
-                    },
-                }
-            ],
-        }
-    )
-    return open_source(book.servers[0], {})
-
-
-def one_pass(location: AgentLocation, target: Path, mode: str) -> Any:
-    copy = DiskCopy(
-        source=location,
-        target=AgentLocation(None, str(target)),
-        source_identity="app02:PhysicalDrive0",
-        chunk_size=CHUNK,
-        mode=mode,  # type: ignore[arg-type]
-        compression="zstd",
-    )
-    return copy_disk(copy, open_reader=lambda: pytest.fail("a Windows disk is never read in-process"))
+def windows_source(bed: dict[str, Any], **extra: Any) -> Any:
+    return open_windows_source("app02", **(over_winrm(bed, USER, PASSWORD, PYTHON) | extra))
 
 
 def test_full_and_incremental_passes_read_the_source_through_its_own_agent(
     bed: dict[str, Any], tmp_path: Path
 ) -> None:
-    source = open_windows_source(bed)
+    source = windows_source(bed)
     try:
         location = source.disk_location("PhysicalDrive0")
         assert isinstance(location.transport, WinRMTransport)
         assert (location.path, location.size) == ("\\\\.\\PhysicalDrive0", 4 * MiB)
         target = tmp_path / "replica0.raw"
 
-        full = one_pass(location, target, "full")
+        full = one_pass(location, target, "full", "app02")
         disk0: Path = bed["disks"][0]
         assert target.read_bytes() == disk0.read_bytes()
         assert full.bytes_written == 3 * MiB  # the zero quarter stays a hole
@@ -135,7 +92,7 @@ def test_full_and_incremental_passes_read_the_source_through_its_own_agent(
         with disk0.open("r+b") as handle:  # the running server writes while it is being migrated
             handle.seek(CHUNK * 5 + 77)
             handle.write(b"changed while mirrored" * 100)
-        again = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental")
+        again = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental", "app02")
         assert target.read_bytes() == disk0.read_bytes()
         assert again.bytes_written == CHUNK and again.unchanged_bytes_skipped == 2 * MiB + 3 * CHUNK
     finally:
@@ -168,20 +125,20 @@ def test_the_stand_in_runs_python_only_as_the_agent(bed: dict[str, Any]) -> None
 
 
 def test_no_python_on_the_source_is_one_clear_line(bed: dict[str, Any]) -> None:
-    source = open_windows_source(bed, python=None)
+    source = windows_source(bed, python=None)
     try:
         with pytest.raises(ProviderError, match=r"install CPython 3\.8\+ there and set source\.python"):
             source.disk_location("PhysicalDrive0")
         with pytest.raises(ProviderError, match="has no disk PhysicalDrive7"):
-            open_windows_source(bed).disk_location("PhysicalDrive7")
+            windows_source(bed).disk_location("PhysicalDrive7")
     finally:
         source.close()
     machine: WindowsMachine = bed["machine"]
     machine.python = None  # configured, but not installed there
     try:
-        source = open_windows_source(bed)
+        source = windows_source(bed)
         with pytest.raises(MirrorError, match=r"exited with code 1.*is not recognized"):
-            one_pass(source.disk_location("PhysicalDrive1"), bed["root"] / "never.raw", "full")
+            one_pass(source.disk_location("PhysicalDrive1"), bed["root"] / "never.raw", "full", "app02")
         source.close()
     finally:
         machine.python = PYTHON

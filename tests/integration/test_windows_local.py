@@ -18,20 +18,16 @@ from typing import Any
 
 import pytest
 
-from orchestrator.mirror.route import DiskCopy, copy_disk
-from orchestrator.playbook.models import Playbook
 from orchestrator.transport.local import LocalTransport
 from orchestrator.transport.local_powershell import LocalPowerShell
-from providers.base import AgentLocation
-from providers.registry import open_source
 from tests.fakes.local_host import LocalHostStandIn
 from tests.fakes.windows_services import Service
 from tests.fakes.windows_source_model import Volume, WindowsMachine
+from tests.windows_source_bed import CHUNK, one_pass, open_windows_source
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024**2
-CHUNK = 256 * 1024
 C_AT, C_SIZE = MiB, 2 * MiB
 
 
@@ -49,47 +45,6 @@ def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
     made.stop()
 
 
-def open_local_source() -> Any:
-    book = Playbook.model_validate(
-        {
-            "apiVersion": "hvmigrate/v1",
-            "kind": "MigrationPlaybook",
-            "name": "win",
-            "providers": {"local": {"type": "sim", "root": "./sim"}},
-            "servers": [
-                {
-                    "name": "app06",
-                    "source": {
-                        "type": "winrm",
-                        "host": "app06",
-                        "transport": "local",
-                        "python": "python.exe",
-                        "services": ["AppDb"],
-                    },
-                    "target": {
-                        "provider": "local",
-                        "vm_name": "app06",
-                        "disks": [{"source": "PhysicalDrive0"}],
-                    },
-                }
-            ],
-        }
-    )
-    return open_source(book.servers[0], {})
-
-
-def one_pass(location: AgentLocation, target: Path, mode: str) -> Any:
-    copy = DiskCopy(
-        source=location,
-        target=AgentLocation(None, str(target)),
-        source_identity="app06:PhysicalDrive0",
-        chunk_size=CHUNK,
-        mode=mode,  # type: ignore[arg-type]
-        compression="zstd",
-    )
-    return copy_disk(copy, open_reader=lambda: pytest.fail("a Windows disk is never read in-process"))
-
-
 def test_discovery_and_the_final_pass_run_on_the_source_itself(
     stand_in: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -102,7 +57,9 @@ def test_discovery_and_the_final_pass_run_on_the_source_itself(
             handle.write(data)
 
     machine.services = [Service("AppDb", on_stop=lambda: write(C_AT + 8192, b"last pages at stop " * 100))]
-    source = open_local_source()
+    source = open_windows_source(
+        "app06", host="app06", transport="local", python="python.exe", services=["AppDb"]
+    )
     target = tmp_path / "replica0.raw"
     try:
         assert isinstance(source.winrm, LocalPowerShell) and "powershell.exe on app06" in repr(source)
@@ -119,14 +76,14 @@ def test_discovery_and_the_final_pass_run_on_the_source_itself(
         with source.pass_snapshot():  # a warm pass while the service runs
             location = source.disk_location("PhysicalDrive0")
             assert isinstance(location.transport, LocalTransport)
-            full = one_pass(location, target, "full")
+            full = one_pass(location, target, "full", "app06")
         assert target.read_bytes() == disk.read_bytes() and full.bytes_written == 3 * MiB
 
         machine.after_shadow = lambda _: write(C_AT + 64 * 1024, b"written after the shadow " * 100)
         state = source.quiesce()  # the cutover: the service stops, then the shadow copy is taken
         assert state["services"] == ["AppDb"] and machine.services[0].status == "Stopped"
         at_shadow = machine.shadows[state["shadows"]["C:\\"]["id"]]["file"].read_bytes()
-        final = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental")
+        final = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental", "app06")
         source.thaw(state)
     finally:
         machine.after_shadow = None

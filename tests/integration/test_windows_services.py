@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.playbook.models import Playbook, WinrmSource
+from orchestrator.playbook.models import WinrmSource
 from orchestrator.transport.winrm import compose
 from providers.base import ProviderError
-from providers.registry import open_source
 from tests.fakes.powershell import Interpreter, PSError
 from tests.fakes.windows_services import Service
 from tests.fakes.windows_source_model import Volume, WindowsMachine
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
+from tests.windows_source_bed import open_windows_source, over_winrm
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
@@ -72,40 +72,12 @@ def machine(bed: dict[str, Any]) -> Iterator[WindowsMachine]:
     assert made.shadows == {}  # every test leaves no shadow copy behind
 
 
-def open_windows_source(bed: dict[str, Any], **source: Any) -> Any:
-    book = Playbook.model_validate(
-        {
-            "apiVersion": "hvmigrate/v1",
-            "kind": "MigrationPlaybook",
-            "name": "win",
-            "providers": {"local": {"type": "sim", "root": "./sim"}},
-            "servers": [
-                {
-                    "name": "app05",
-                    "source": {
-                        "type": "winrm",
-                        "host": "localhost",
-                        "port": bed["endpoint"].port,
-                        "user": f"CORP\\{USER}",
-                        "password": PASSWORD,
-                        "ca_bundle": str(bed["tls"].ca_file),
-                        "python": PYTHON,
-                        **source,
-                    },
-                    "target": {
-                        "provider": "local",
-                        "vm_name": "app05",
-                        "disks": [{"source": "PhysicalDrive0"}],
-                    },
-                }
-            ],
-        }
-    )
-    return open_source(book.servers[0], {})
-
-
 def statuses(machine: WindowsMachine) -> dict[str, str]:
     return {s.name: s.status for s in machine.services}
+
+
+def windows_source(bed: dict[str, Any], **extra: Any) -> Any:
+    return open_windows_source("app05", **(over_winrm(bed, USER, PASSWORD, PYTHON) | extra))
 
 
 def test_quiesce_stops_services_and_dependants_before_the_shadow_and_thaw_starts_exactly_those(
@@ -114,7 +86,7 @@ def test_quiesce_stops_services_and_dependants_before_the_shadow_and_thaw_starts
     before = statuses(machine)
     at_shadow: list[dict[str, str]] = []
     machine.after_shadow = lambda shadow_id: at_shadow.append(statuses(machine))
-    source = open_windows_source(bed, services=["SQL Server (MSSQLSERVER)", "W3SVC"])
+    source = windows_source(bed, services=["SQL Server (MSSQLSERVER)", "W3SVC"])
     try:
         state = source.quiesce()
         assert state["services"] == ["SQLSERVERAGENT", "MSSQLSERVER"]  # the dependant stopped first
@@ -127,7 +99,7 @@ def test_quiesce_stops_services_and_dependants_before_the_shadow_and_thaw_starts
         source.close()
     assert statuses(machine)["Spooler"] == "Running" and machine.services[4].stops == 0
 
-    restarted = open_windows_source(bed, services=["SQL Server (MSSQLSERVER)", "W3SVC"])  # a new process
+    restarted = windows_source(bed, services=["SQL Server (MSSQLSERVER)", "W3SVC"])  # a new process
     try:
         restarted.restore_quiesce_state(state)  # the final pass after a restart reads the same shadow
         assert restarted.disk_location("PhysicalDrive0").overlay == ((C_AT, C_SIZE, shadow["device"]),)
@@ -145,7 +117,7 @@ def test_a_missing_service_is_windows_own_error_and_nothing_is_stopped(
     bed: dict[str, Any], machine: WindowsMachine
 ) -> None:
     before = statuses(machine)
-    source = open_windows_source(bed, services=["MSSQLSERVER", "NoSuchService"])
+    source = windows_source(bed, services=["MSSQLSERVER", "NoSuchService"])
     try:
         with pytest.raises(ProviderError) as caught:
             source.quiesce()
@@ -163,7 +135,7 @@ def test_a_missing_service_is_windows_own_error_and_nothing_is_stopped(
 def test_a_service_that_will_not_stop_times_out_and_the_others_start_again(
     bed: dict[str, Any], machine: WindowsMachine
 ) -> None:
-    source = open_windows_source(bed, services=["MSSQLSERVER", "Hung"], service_timeout=1)
+    source = windows_source(bed, services=["MSSQLSERVER", "Hung"], service_timeout=1)
     try:
         with pytest.raises(ProviderError) as caught:
             source.quiesce()
@@ -191,7 +163,7 @@ def test_service_names_travel_as_data_never_as_script_text(
     bed: dict[str, Any], machine: WindowsMachine
 ) -> None:
     first = len(bed["endpoint"].scripts)
-    source = open_windows_source(bed, services=[EVIL], vss=False)
+    source = windows_source(bed, services=[EVIL], vss=False)
     try:
         state = source.quiesce()
         assert state == {"version": 1, "services": [EVIL], "shadows": {}, "live": []}
@@ -211,7 +183,7 @@ def test_no_services_and_no_vss_leaves_the_source_as_it_is(
     bed: dict[str, Any], machine: WindowsMachine
 ) -> None:
     count = len(bed["endpoint"].scripts)
-    source = open_windows_source(bed, vss=False)
+    source = windows_source(bed, vss=False)
     try:
         assert source.quiesce() is None
         source.thaw(None)  # no record, no services listed: nothing to start
@@ -266,7 +238,7 @@ def test_a_login_is_required_only_over_winrm() -> None:
 def test_shutdown_removes_quiesce_shadows_and_keeps_services_stopped(
     bed: dict[str, Any], machine: WindowsMachine
 ) -> None:
-    source = open_windows_source(bed, services=["Spooler"])
+    source = windows_source(bed, services=["Spooler"])
     try:
         source.quiesce()
         assert len(machine.shadows) == 1

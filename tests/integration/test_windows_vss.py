@@ -16,18 +16,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.mirror.route import DiskCopy, copy_disk
-from orchestrator.playbook.models import Playbook
-from providers.base import AgentLocation
-from providers.registry import open_source
 from tests.fakes.windows_source_model import Volume, WindowsMachine
 from tests.fakes.winrm_server import WinRMStandIn, mint_tls
+from tests.windows_source_bed import CHUNK, one_pass, open_windows_source, over_winrm
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
 
 MiB = 1024**2
-CHUNK = 256 * 1024
 USER, PASSWORD = "migrator", "Pa$$w0rd"
 PYTHON = "C:\\Python311\\python.exe"
 EFI_AT, EFI_SIZE = MiB, 64 * 1024  # FAT32, no letter: not snapshotted, read live
@@ -55,47 +51,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     endpoint.stop()
 
 
-def open_windows_source(bed: dict[str, Any]) -> Any:
-    book = Playbook.model_validate(
-        {
-            "apiVersion": "hvmigrate/v1",
-            "kind": "MigrationPlaybook",
-            "name": "win",
-            "providers": {"local": {"type": "sim", "root": "./sim"}},
-            "servers": [
-                {
-                    "name": "app04",
-                    "source": {
-                        "type": "winrm",
-                        "host": "localhost",
-                        "port": bed["endpoint"].port,
-                        "user": f"CORP\\{USER}",
-                        "password": PASSWORD,
-                        "ca_bundle": str(bed["tls"].ca_file),
-                        "python": PYTHON,
-                    },
-                    "target": {
-                        "provider": "local",
-                        "vm_name": "app04",
-                        "disks": [{"source": "PhysicalDrive0"}],
-                    },
-                }
-            ],
-        }
-    )
-    return open_source(book.servers[0], {})
-
-
-def one_pass(location: AgentLocation, target: Path, mode: str) -> Any:
-    copy = DiskCopy(
-        source=location,
-        target=AgentLocation(None, str(target)),
-        source_identity="app04:PhysicalDrive0",
-        chunk_size=CHUNK,
-        mode=mode,  # type: ignore[arg-type]
-        compression="zstd",
-    )
-    return copy_disk(copy, open_reader=lambda: pytest.fail("a Windows disk is never read in-process"))
+def windows_source(bed: dict[str, Any], **extra: Any) -> Any:
+    return open_windows_source("app04", **(over_winrm(bed, USER, PASSWORD, PYTHON) | extra))
 
 
 def test_each_pass_reads_the_volume_as_of_its_shadow_copy_and_the_rest_live(
@@ -114,14 +71,14 @@ def test_each_pass_reads_the_volume_as_of_its_shadow_copy_and_the_rest_live(
             handle.write(b"efi " * 100)
 
     machine.after_shadow = server_writes_on
-    source = open_windows_source(bed)
+    source = windows_source(bed)
     try:
         with source.pass_snapshot() as state:
             assert set(state.shadows) == {"C:\\"}
             device = state.shadows["C:\\"]["device"]
             location = source.disk_location("PhysicalDrive0")
             assert location.overlay == ((C_AT, C_SIZE, device),)
-            one_pass(location, target, "full")
+            one_pass(location, target, "full", "app04")
         live, copied = disk.read_bytes(), target.read_bytes()
         volume = slice(C_AT, C_AT + C_SIZE)
         assert copied[volume] == at_shadow[volume] != live[volume]  # C: exactly as at the shadow copy
@@ -132,7 +89,7 @@ def test_each_pass_reads_the_volume_as_of_its_shadow_copy_and_the_rest_live(
 
         machine.after_shadow = None  # the server is quiet now: the next pass catches up exactly
         with source.pass_snapshot():
-            again = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental")
+            again = one_pass(source.disk_location("PhysicalDrive0"), target, "incremental", "app04")
         assert target.read_bytes() == disk.read_bytes()
         assert again.bytes_written == CHUNK  # the one chunk of C: the server wrote into
     finally:
