@@ -13,6 +13,7 @@ difference-pass time hvmigrate / rsync (goal <= 0.5x). Over SSH the bench starts
 seconds (user + system) of each tool are shown too: they vary less than wall time on a loaded machine.
 
     python bench/files_bench.py [--files 100000] [--large 3] [--large-size 64MiB] [--rounds 3] [--no-ssh]
+                                [--dir /dev/shm]
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def print_table(samples: Samples, ends: list, files: int, total: int, rounds: in
             h, r = samples.median(key_h), samples.median(key_r)
             ratio = r / h if kind == "initial" else h / r
             cpu = ""
-            if where == "local":  # an agent's CPU is not counted until it exits
+            if where == "local, in-process":  # an agent's CPU is not counted until it exits
                 cpu = f"{samples.median(key_h, True):.2f}s/{samples.median(key_r, True):.2f}s"
             print(f"{kind + ', ' + where:<27}{h:>10.2f}s{r:>10.2f}s{ratio:>8.2f}x  {goal:<22}{cpu}")
 
@@ -204,8 +205,14 @@ def main() -> int:
     parser.add_argument("--large-size", default="64MiB")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-ssh", action="store_true")
+    parser.add_argument(
+        "--dir",
+        default="/tmp",
+        help="where the trees go; /dev/shm (tmpfs) takes this machine's disk, whose speed swings 2-3x "
+        "from one minute to the next on a shared host, out of the comparison",
+    )
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="hvm-files-bench-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="hvm-files-bench-", dir=args.dir))
     server_cm = None
     ends: list[tuple[str, object, list[str] | None]] = []
     try:
@@ -217,10 +224,11 @@ def main() -> int:
             f"tree: {args.files} small + {args.large} large files, {total / 1e6:.0f} MB, "
             f"built in {time.perf_counter() - started:.1f}s"
         )
-        ends.append(("local", LocalTree(), None))
-        # the same local copy with the source walked and read by a files agent process, as a remote
-        # source is: the two ends' walks then run on two cores instead of sharing one interpreter
+        # as `migrate` runs it: the source walked and read by a files agent (here a local process, not
+        # SSH), the target written in-process; then both ends in-process (the library's LocalTree), where
+        # the two walks share one interpreter
         ends.append(("local, agent", RemoteTree(LocalTransport()), None))
+        ends.append(("local, in-process", LocalTree(), None))
         if not args.no_ssh:
             started_ssh = ssh_end(base)
             if started_ssh is not None:
