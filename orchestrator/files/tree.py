@@ -820,7 +820,8 @@ def read_items(
         # A small whole file's attempt is held and goes as one piece (b"f", pair, rel, data) once read
         # stable: one tuple on the wire and one call on the writer (TreeWriter.whole) instead of three.
         held: list = [None]  # [size, data] of the current attempt while held; None: pieces pass through
-        whole = theirs is None and not sparse
+        # once an attempt's pieces went out (a larger file), later attempts of the file go out too
+        can_hold = [theirs is None and not sparse]
 
         def piece(
             kind: bytes,
@@ -830,14 +831,15 @@ def read_items(
             rel: bytes = rel,
             started: list = started,
             held: list = held,
-            whole: bool = whole,
+            can_hold: list = can_hold,
         ) -> None:
             if kind == b"s":
                 started[0] = True
-                if whole and offset <= SMALL_FILE:
+                if can_hold[0] and offset <= SMALL_FILE:
                     held[0] = [offset, b""]
                     return
                 held[0] = None
+                can_hold[0] = False
                 emit((b"s", pair, rel, offset))
             elif held[0] is not None:
                 held[0][1] += data

@@ -225,3 +225,21 @@ def test_a_delta_reads_only_the_blocks_both_ends_found_different_unless_the_file
     )
     assert (late.files_sent, late.bytes_sent, len(compared)) == (1, 2 * block, 1)
     assert (tmp_path / "dst" / "big.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_file_that_shrinks_to_small_while_read_is_sent_as_pieces_to_the_end(tmp_path: Path) -> None:
+    """The first attempt of a large file went out piece by piece: the second, now small, must follow as
+    pieces of the same file, not as a whole small file begun a second time."""
+    (tmp_path / "src").mkdir()
+    big = tmp_path / "src" / "shrinks.bin"
+    big.write_bytes(os.urandom(tree.SMALL_FILE + 4096))
+
+    def shrink(path: bytes, attempt: int) -> None:
+        if attempt == 0:
+            big.write_bytes(b"small now")
+
+    rules, pairs = one_pair(tmp_path)
+    result = mirror_pass(LocalTree(after_read=shrink), LocalTree(), pairs, rules, Options())
+    assert (result.files_sent, result.unstable, result.problems) == (1, [], [])
+    assert (tmp_path / "dst" / "shrinks.bin").read_bytes() == b"small now"
+    assert sorted(os.listdir(tmp_path / "dst")) == ["shrinks.bin"]  # no temporary file left
