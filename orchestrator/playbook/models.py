@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -378,6 +378,16 @@ class EsxProviderConfig(Model):
     )
 
 
+def _winrm_login_required(config: Any, where: str) -> Any:
+    """A WinRM login is needed except where hvmigrate runs on ``where`` itself (transport: local)."""
+    if config.transport != "local" and (config.user is None or config.password is None):
+        raise ValueError(
+            f"user and password are required with transport {config.transport} (WinRM); set them, or use "
+            f"transport: local when the orchestrator runs on {where} itself"
+        )
+    return config
+
+
 class HypervProviderConfig(Model):
     type: Literal["hyperv"]
     host: str
@@ -449,12 +459,7 @@ class HypervProviderConfig(Model):
 
     @model_validator(mode="after")
     def _login_unless_local(self) -> HypervProviderConfig:
-        if self.transport != "local" and (self.user is None or self.password is None):
-            raise ValueError(
-                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
-                "transport: local when the orchestrator runs on the Hyper-V host itself"
-            )
-        return self
+        return _winrm_login_required(self, "the Hyper-V host")
 
 
 ProviderConfig = Annotated[
@@ -555,12 +560,7 @@ class WindowsDns(Model):
 
     @model_validator(mode="after")
     def _login_unless_local(self) -> WindowsDns:
-        if self.transport != "local" and (self.user is None or self.password is None):
-            raise ValueError(
-                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
-                "transport: local when the orchestrator runs on the DNS server itself"
-            )
-        return self
+        return _winrm_login_required(self, "the DNS server")
 
 
 DnsConfig = Annotated[Rfc2136Dns | ZonefileDns | WindowsDns, Field(discriminator="type")]
@@ -689,12 +689,7 @@ class WinrmSource(Model):
 
     @model_validator(mode="after")
     def _login_unless_local(self) -> WinrmSource:
-        if self.transport != "local" and (self.user is None or self.password is None):
-            raise ValueError(
-                f"user and password are required with transport {self.transport} (WinRM); set them, or use "
-                "transport: local when the orchestrator runs on the source server itself"
-            )
-        return self
+        return _winrm_login_required(self, "the source server")
 
 
 class GuestLogin(LinuxQuiesce, SshLogin):
