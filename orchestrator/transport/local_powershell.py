@@ -108,3 +108,18 @@ def powershell_for(config: Any, name: str | None = None) -> Any:
     from .winrm import WinRM, WinRMTarget
 
     return WinRM(WinRMTarget.from_config(config))
+
+
+def agent_transport_for(config: Any, runner: Any) -> Any:
+    """Where the hvmigrate agent of ``config``'s Windows host starts: a local process on the host itself
+    (``transport: local``; ``python``, else this interpreter), ``python`` there through ``runner``'s WinRM,
+    or None when a remote host has no ``python`` configured."""
+    if getattr(config, "transport", None) == "local":
+        from .local import LocalTransport
+
+        return LocalTransport([config.python] if config.python else None, name=config.host)
+    if not config.python:
+        return None
+    from .winrm_agent import WinRMTransport
+
+    return WinRMTransport(runner, config.python, name=config.host)

@@ -26,6 +26,7 @@ from providers.appliance_guest import ApplianceAccess
 from providers.base import ProviderError
 
 from . import scripts
+from .inventory import listed, named
 
 if TYPE_CHECKING:
     from .provider import HypervProvider
@@ -34,6 +35,7 @@ SCSI_CONTROLLERS = 4
 SCSI_LOCATIONS = 64
 MAX_DISKS_PER_APPLIANCE = SCSI_LOCATIONS - 1  # one controller, location 0 holding the appliance's own disk
 ROLE = "role=appliance"
+CONTROLLER_TYPE = {0: "IDE", 1: "SCSI", 2: "PMEM"}  # ControllerType as ConvertTo-Json prints it
 
 
 class HypervApplianceAccess(ApplianceAccess):
@@ -54,29 +56,18 @@ class HypervApplianceAccess(ApplianceAccess):
         return {"kind": "storvsc", "bus": int(controller), "unit": int(location)}
 
 
-def listed(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
 def free_scsi_slot(drives: list[dict[str, Any]], controllers: int) -> tuple[int, int] | None:
     """The first free SCSI location of the appliance's present controllers, controller by controller."""
     taken = {
         (int(d["ControllerNumber"]), int(d["ControllerLocation"]))
         for d in drives
-        if controller_name(d.get("ControllerType")) == "SCSI"
+        if named(CONTROLLER_TYPE, d.get("ControllerType")) == "SCSI"
     }
     for number in range(controllers):
         for location in range(SCSI_LOCATIONS):
             if (number, location) not in taken:
                 return number, location
     return None
-
-
-def controller_name(value: Any) -> str:
-    """ControllerType as ConvertTo-Json prints it (0 IDE, 1 SCSI, 2 PMEM), or its name."""
-    return {0: "IDE", 1: "SCSI", 2: "PMEM"}.get(value, str(value)) if isinstance(value, int) else str(value)
 
 
 def drive_at(drives: list[dict[str, Any]], path: str) -> dict[str, Any] | None:

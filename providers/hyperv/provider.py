@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.playbook.models import HypervProviderConfig
-from orchestrator.transport.local_powershell import powershell_for
+from orchestrator.transport.local_powershell import agent_transport_for, powershell_for
 from orchestrator.transport.winrm import PowerShellError, WinRMError
 from providers.base import (
     AgentLocation,
@@ -74,7 +74,7 @@ from .appliance import (
     free_scsi_slot,
     slot_of,
 )
-from .inventory import HEARTBEAT, OWNER_PREFIX, VM_STATE, HostFacts, named, read_host, read_vms
+from .inventory import HEARTBEAT, OWNER_PREFIX, VM_STATE, HostFacts, listed, named, read_host, read_vms
 from .placement import place_disks, place_nics
 
 FORMATS = ("vhdx", "vhd")
@@ -274,7 +274,7 @@ class HypervProvider:
         with self._lock:
             vm = self._appliance_vm(appliance)
             system = self._appliance_system_disk(appliance.name)
-            drives = _listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
+            drives = listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
             attached = sorted(
                 d["Path"] for d in drives if self._is_replica_path(d.get("Path")) and d["Path"] != system
             )
@@ -296,7 +296,7 @@ class HypervProvider:
         return next(
             (
                 v
-                for v in _listed(self._run(scripts.VMS, {}, "listing VMs"))
+                for v in listed(self._run(scripts.VMS, {}, "listing VMs"))
                 if v["Name"].lower() == name.lower()
             ),
             None,
@@ -482,12 +482,12 @@ class HypervProvider:
                 )
             vm = self._appliance_vm(appliance)
             base = {"name": vm["Name"]}
-            drives = _listed(self._run(scripts.VM_DRIVES, base, f"reading the disks of {appliance.name}"))
+            drives = listed(self._run(scripts.VM_DRIVES, base, f"reading the disks of {appliance.name}"))
             mine = drive_at(drives, path)
             if mine is None:
                 check_hot_add(appliance.name, vhd, path)
                 controllers = len(
-                    _listed(
+                    listed(
                         self._run(scripts.SCSI_CONTROLLERS, base, f"reading SCSI controllers of {vm['Name']}")
                     )
                 )
@@ -525,7 +525,7 @@ class HypervProvider:
                 "key, host_key or known_hosts)"
             )
         login = self.appliances.login(name)
-        drives = _listed(self._run(scripts.VM_DRIVES, {"name": name}, f"reading the disks of {name}"))
+        drives = listed(self._run(scripts.VM_DRIVES, {"name": name}, f"reading the disks of {name}"))
         mine = drive_at(drives, path)
         if mine is None:
             raise ProviderError(
@@ -541,18 +541,9 @@ class HypervProvider:
         if "appliance" in endpoint.transport:
             return self._appliance_writer(endpoint)
         device = endpoint.transport.get("device", endpoint.path)
-        if self.config.transport == "local":
-            from orchestrator.transport.local import LocalTransport
-
-            # on the host itself: the agent is a local process (the configured python, else this one)
-            python = [self.config.python] if self.config.python else None
-            return AgentLocation(LocalTransport(python, name=self.config.host), device)
-        if self.config.python:
-            from orchestrator.transport.winrm_agent import WinRMTransport
-
-            return AgentLocation(
-                WinRMTransport(self.winrm, self.config.python, name=self.config.host), device
-            )
+        agent = agent_transport_for(self.config, self.winrm)
+        if agent is not None:
+            return AgentLocation(agent, device)
         if endpoint.kind == "file":
             return None  # host_device_dir without python: this machine writes the mounted disk itself
         raise ProviderError(
@@ -579,7 +570,7 @@ class HypervProvider:
                 vm = self._appliance_vm(appliance)
             except NotFound:
                 return
-            drives = _listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
+            drives = listed(self._run(scripts.VM_DRIVES, {"name": vm["Name"]}, "reading its disks"))
             mine = drive_at(drives, path)
             if mine is None:
                 return
@@ -651,7 +642,7 @@ class HypervProvider:
                 self._run(scripts.REMOVE_GEN1_DVD, base, f"removing the DVD drive of VM {name}")
             scsi_needed = 1 + max((n for c, n, _ in disks if c == "SCSI"), default=-1)
             have = len(
-                _listed(self._run(scripts.SCSI_CONTROLLERS, base, f"reading SCSI controllers of {name}"))
+                listed(self._run(scripts.SCSI_CONTROLLERS, base, f"reading SCSI controllers of {name}"))
             )
             for _ in range(have, scsi_needed):
                 self._run(scripts.ADD_SCSI_CONTROLLER, base, f"adding a SCSI controller to VM {name}")
@@ -691,7 +682,7 @@ class HypervProvider:
 
     def find_vm(self, name: str) -> VmRef | None:
         """The tool's own VM ``name``; a VM of that name it did not create is not found."""
-        for vm in _listed(self._run(scripts.VMS, {}, "listing VMs")):
+        for vm in listed(self._run(scripts.VMS, {}, "listing VMs")):
             if (
                 vm["Name"].lower() == name.lower()
                 and (vm.get("Notes") or "").startswith(OWNER_PREFIX)
@@ -704,7 +695,7 @@ class HypervProvider:
         if vm.provider != self.name:
             raise ProviderError(f"VM {vm.name} belongs to provider {vm.provider}, not {self.name}")
         found = next(
-            (v for v in _listed(self._run(scripts.VMS, {}, "listing VMs")) if v["Name"] == vm.name), None
+            (v for v in listed(self._run(scripts.VMS, {}, "listing VMs")) if v["Name"] == vm.name), None
         )
         if found is None:
             raise NotFound(f"VM {vm.name} does not exist on {self.config.host}")
@@ -771,7 +762,7 @@ class HypervProvider:
             time.sleep(POLL)
 
     def _guest_report(self, vm: VmRef, heartbeat: str) -> BootReport:
-        nics = _listed(
+        nics = listed(
             self._run(scripts.VM_ADDRESSES, {"name": vm.name}, f"reading the addresses of {vm.name}")
         )
         addresses = tuple(a for nic in nics for a in (nic.get("IPAddresses") or ()))
@@ -785,12 +776,6 @@ class HypervProvider:
     def close(self) -> None:
         self.appliances.close()
         self.winrm.close()
-
-
-def _listed(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
 
 
 def _is_our_appliance(vm: dict[str, Any]) -> bool:

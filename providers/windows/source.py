@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.playbook.models import WinrmSource as WinrmSourceConfig
-from orchestrator.transport.local_powershell import powershell_for
+from orchestrator.transport.local_powershell import agent_transport_for, powershell_for
 from orchestrator.transport.winrm import PowerShellError, WinRMError
 from providers.base import (
     AgentLocation,
@@ -162,34 +162,19 @@ class WinrmSource:
         )
 
     def disk_location(self, name: str) -> AgentLocation | None:
-        """The agent on the source reading ``\\\\.\\<name>``, with its size from discovery."""
-        if self.config.transport == "local":
-            return self._local_location(name)
-        if not self.config.python:
+        """The agent on the source reading ``\\\\.\\<name>``, with its size from discovery: a local process
+        on the source itself (``transport: local``: ``python``, else this interpreter), else ``python``
+        started through WinRM."""
+        transport = agent_transport_for(self.config, self.winrm)
+        if transport is None:
             raise ProviderError(
                 f"server {self.name}: reading {name} of a Windows source needs the hvmigrate agent on "
                 f"{self.config.host}: install CPython 3.8+ there and set source.python to its python.exe "
                 "(C:\\Python311\\python.exe), or migrate from an image of its disks (source: {type: image})"
             )
         disk = self._disk(name)
-        from orchestrator.transport.winrm_agent import WinRMTransport
-
-        transport = WinRMTransport(self.winrm, self.config.python, name=self.config.host)
         return AgentLocation(
             transport, f"\\\\.\\{disk.name}", size=disk.size, overlay=self._overlay(disk.name)
-        )
-
-    def _local_location(self, name: str) -> AgentLocation:
-        """On the source itself: the agent is a local process (``python``, else this interpreter)."""
-        from orchestrator.transport.local import LocalTransport
-
-        disk = self._disk(name)
-        python = [self.config.python] if self.config.python else None
-        return AgentLocation(
-            LocalTransport(python, name=self.config.host),
-            f"\\\\.\\{disk.name}",
-            size=disk.size,
-            overlay=self._overlay(disk.name),
         )
 
     def _disk(self, name: str) -> SourceDisk:
