@@ -176,7 +176,7 @@ class WinRM:
                     protocol.close_shell(shell, close_session=False)
             except Exception as exc:
                 self._protocol = None  # a new session next time
-                raise self._failure(exc) from None
+                raise self.failure(exc) from None
         return stdout, stderr, code
 
     def close(self) -> None:
@@ -220,9 +220,6 @@ class WinRM:
 
     def failure(self, exc: Exception) -> WinRMError:
         """The one-line error for what pywinrm, requests or the endpoint raised (never the password)."""
-        return self._failure(exc)
-
-    def _failure(self, exc: Exception) -> WinRMError:
         import requests
         from winrm.exceptions import InvalidCredentialsError, WinRMTransportError, WSManFaultError
 

@@ -199,7 +199,7 @@ class WinRMProcess(ExactReader):
 
     def kill(self) -> None:
         """Signal terminate: the host stops the interpreter; then the shell goes."""
-        self._end(terminate=True)
+        self._end()
 
     def close(self) -> None:
         """End its stdin (the agent exits at EOF), wait a little, then stop it and remove the shell."""
@@ -209,9 +209,10 @@ class WinRMProcess(ExactReader):
                 with contextlib.suppress(StreamClosed):
                     self._send(b"", end=True)
         self.exit_status(timeout=10)
-        self._end(terminate=True)
+        self._end()
 
-    def _end(self, *, terminate: bool) -> None:
+    def _end(self) -> None:
+        """Stop the command (the host ends the interpreter), remove the shell, drop both connections."""
         with self._cond:
             if self._closed:
                 return
@@ -219,8 +220,7 @@ class WinRMProcess(ExactReader):
             self._stdin_open = False
             self._cond.notify_all()
         with contextlib.suppress(Exception):
-            if terminate:
-                self._sender.cleanup_command(self._shell, self._command)
+            self._sender.cleanup_command(self._shell, self._command)
         with contextlib.suppress(Exception):
             self._sender.close_shell(self._shell, close_session=False)
         self._thread.join(timeout=RECEIVE_TIMEOUT + 5)
