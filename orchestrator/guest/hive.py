@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import struct
 from collections.abc import Iterator
@@ -48,11 +49,6 @@ class RegValue:
             struct.unpack("<I", self.data[:4])[0] if self.type == REG_DWORD and len(self.data) >= 4 else None
         )
 
-    def as_text(self) -> str | None:
-        if self.type not in (REG_SZ, REG_EXPAND_SZ):
-            return None
-        return self.data.decode("utf-16-le", errors="replace").split("\0", 1)[0]
-
     def to_json(self) -> dict[str, object]:
         return {"type": self.type, "hex": self.data.hex()}
 
@@ -70,7 +66,9 @@ class _SetValue(ctypes.Structure):
     ]
 
 
+@functools.cache
 def _library() -> ctypes.CDLL:
+    """libhivex, bound once per process (find_library runs ldconfig)."""
     name = ctypes.util.find_library("hivex")
     if name is None:
         raise HiveError("libhivex is not installed: apt-get install libhivex-bin (it brings libhivex0)")
@@ -138,9 +136,6 @@ class Hive:
             node = child
         return int(node)
 
-    def has_key(self, key: str) -> bool:
-        return self._node(key) is not None
-
     def values(self, key: str) -> dict[str, RegValue]:
         """Every value of ``key`` in the hive's order; the default value's name is the empty string."""
         node = self._node(key)
@@ -171,9 +166,6 @@ class Hive:
         finally:
             _LIBC.free(ctypes.cast(array, ctypes.c_void_p))
         return found
-
-    def value(self, key: str, name: str) -> RegValue | None:
-        return self.values(key).get(name)
 
     def set_values(self, key: str, changes: dict[str, RegValue | None]) -> None:
         """Set (or, for None, delete) the named values of ``key``, creating the key; the others stay."""

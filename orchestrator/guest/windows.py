@@ -132,9 +132,10 @@ def _hive_dirty(data: bytes) -> bool:
     return data[:4] == b"regf" and data[4:8] != data[8:12]
 
 
-def _edit_hive(volume: NtfsVolume, changes: dict[str, RegValue | None]) -> tuple[dict[str, RegValue], bool]:
-    """Apply ``changes`` to SYSTEM\\Setup; returns the values as they were and whether anything changed."""
-    data = volume.read(SYSTEM_HIVE)
+def _edit_hive(volume: NtfsVolume, changes: dict[str, RegValue | None], data: bytes | None = None) -> bool:
+    """Apply ``changes`` to SYSTEM\\Setup of the hive ``data`` (read from the volume when not given);
+    whether anything changed."""
+    data = data or volume.read(SYSTEM_HIVE)
     if data is None:
         raise WindowsStagingError(f"{volume.partition.describe()}: {SYSTEM_HIVE} vanished")
     with tempfile.TemporaryDirectory(prefix="hvmigrate-hive-") as tmp:
@@ -148,7 +149,7 @@ def _edit_hive(volume: NtfsVolume, changes: dict[str, RegValue | None]) -> tuple
                 hive.commit()
         if wanted:
             volume.write(SYSTEM_HIVE, local.read_bytes())
-    return before, bool(wanted)
+    return bool(wanted)
 
 
 def stage_windows(disk_path: Path | str, script: str) -> StagingResult:
@@ -170,6 +171,7 @@ def stage_windows(disk_path: Path | str, script: str) -> StagingResult:
                 f"{where}: the SYSTEM hive was copied with changes only in SYSTEM.LOG1/LOG2 (not flushed);"
                 " those changes are dropped: copy from a VSS snapshot or a shut-down source"
             )
+        current_script = volume.read(SCRIPT_PATH)
         record = _load_record(volume)
         if record is None:
             with tempfile.TemporaryDirectory(prefix="hvmigrate-hive-") as tmp:
@@ -182,20 +184,19 @@ def stage_windows(disk_path: Path | str, script: str) -> StagingResult:
                     f"{where}: Windows is in setup mode (HKLM\\SYSTEM\\Setup SetupType="
                     f"{setup_type.as_int()}); finish or cancel setup (sysprep) on the source, then sync again"
                 )
-            original_script = volume.read(SCRIPT_PATH)
             record = {
                 "setup": {name: (setup[name].to_json() if name in setup else None) for name in _HOOK},
-                "script": None if original_script is None else base64.b64encode(original_script).decode(),
+                "script": None if current_script is None else base64.b64encode(current_script).decode(),
             }
             volume.write(RECORD_PATH, json.dumps(record, indent=1).encode())
             log.append(f"recorded the originals in {RECORD_PATH}")
         data = script_bytes(script)
-        if volume.read(SCRIPT_PATH) != data:
+        if current_script != data:
             volume.write(SCRIPT_PATH, data)
             log.append(f"wrote {SCRIPT_PATH} ({len(data)} bytes)")
         else:
             log.append(f"unchanged {SCRIPT_PATH}")
-        _, changed = _edit_hive(volume, dict(_hook_values()))
+        changed = _edit_hive(volume, dict(_hook_values()), hive or None)
         log.append(
             f"{'registered' if changed else 'unchanged'} the script in SYSTEM\\Setup "
             "(SetupType=2, CmdLine): Winlogon runs it once before the first logon"
