@@ -8,10 +8,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from orchestrator.mirror.route import DiskCopy, copy_disk
+from providers.base import AgentLocation
+
 from .hyperv_host import HypervHost
 from .winrm_server import WinRMStandIn, mint_tls
 
 USER, PASSWORD = "migrator", "Pa$$w0rd;'\"x"  # quotes, $ and ; on purpose: passed as data, never shown
+CHUNK = 256 * 1024
 
 
 @contextmanager
@@ -39,3 +45,27 @@ def hyperv_config(bed: dict[str, Any], **overrides: Any) -> Any:
         **overrides,
     }
     return HypervProviderConfig(**options)
+
+
+class _CopyOptions:
+    """The mirror options of a Hyper-V writer test (what DiskCopy.for_endpoint reads)."""
+
+    chunk_size = CHUNK
+    verify = True
+    compression = "zstd"
+    compression_level = 3
+    streams = 2
+
+
+def host_pass(source: Path, endpoint: Any, writer: Any, mode: str) -> Any:
+    """One pass of the local image ``source`` to the mounted VHDX ``endpoint``, written by ``writer`` (the
+    agent on the host): never in this process."""
+    copy = DiskCopy.for_endpoint(
+        _CopyOptions(),
+        AgentLocation(None, str(source)),
+        endpoint,
+        writer,
+        "db02:disk0",
+        mode,  # type: ignore[arg-type]
+    )
+    return copy_disk(copy, open_reader=lambda: pytest.fail("the target is on the host: never in-process"))

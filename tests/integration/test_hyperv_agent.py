@@ -18,18 +18,16 @@ from typing import Any
 import pytest
 
 from orchestrator.mirror.errors import MirrorError
-from orchestrator.mirror.route import DiskCopy, copy_disk
 from orchestrator.transport.winrm_agent import WinRMTransport
-from providers.base import AgentLocation, DiskRequest, ProviderError
+from providers.base import DiskRequest, ProviderError
 from providers.hyperv import HypervProvider
-from tests.fakes.hyperv_bed import hyperv_bed, hyperv_config
+from tests.fakes.hyperv_bed import CHUNK, host_pass, hyperv_bed, hyperv_config
 from tests.fakes.hyperv_host import HypervHost
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("winrm", reason="pywinrm is missing: pip install 'hvmigrate[hyperv]'")
 
 MiB = 1024**2
-CHUNK = 256 * 1024
 PYTHON = "C:\\Python311\\python.exe"
 
 
@@ -52,23 +50,7 @@ def source_image(path: Path, size: int) -> Path:
 
 
 def one_pass(provider: HypervProvider, source: Path, endpoint: Any, mode: str) -> Any:
-    copy = DiskCopy.for_endpoint(
-        _Options(),
-        AgentLocation(None, str(source)),
-        endpoint,
-        provider.writer_location(endpoint),
-        "db02:disk0",
-        mode,  # type: ignore[arg-type]
-    )
-    return copy_disk(copy, open_reader=lambda: pytest.fail("the target is on the host: never in-process"))
-
-
-class _Options:
-    chunk_size = CHUNK
-    verify = True
-    compression = "zstd"
-    compression_level = 3
-    streams = 2
+    return host_pass(source, endpoint, provider.writer_location(endpoint), mode)
 
 
 def test_the_agent_on_the_host_writes_the_mounted_vhdx(bed: dict[str, Any], tmp_path: Path) -> None:

@@ -24,20 +24,19 @@ import pytest
 from pydantic import ValidationError
 
 from orchestrator.mirror.errors import MirrorError
-from orchestrator.mirror.route import DiskCopy, copy_disk
 from orchestrator.playbook.models import HypervProviderConfig
 from orchestrator.transport.local import LocalTransport
 from orchestrator.transport.local_powershell import LocalPowerShell
 from orchestrator.transport.winrm import PowerShellError, WinRMError, compose
-from providers.base import AgentLocation, DiskRequest, ProviderError
+from providers.base import DiskRequest, ProviderError
 from providers.hyperv import HypervProvider
+from tests.fakes.hyperv_bed import CHUNK, host_pass
 from tests.fakes.hyperv_host import HypervHost
 from tests.fakes.local_host import LocalHostStandIn
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024**2
-CHUNK = 256 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -140,14 +139,6 @@ def test_a_login_is_required_only_over_winrm() -> None:
         HypervProviderConfig(type="hyperv", host=".", transport="local", python="/usr/bin/python3")
 
 
-class _Options:
-    chunk_size = CHUNK
-    verify = True
-    compression = "zstd"
-    compression_level = 3
-    streams = 2
-
-
 def test_the_agent_on_the_host_is_a_local_process_writing_the_mounted_vhdx(
     on_path: LocalHostStandIn, tmp_path: Path
 ) -> None:
@@ -160,15 +151,7 @@ def test_the_agent_on_the_host_is_a_local_process_writing_the_mounted_vhdx(
     def one_pass(endpoint: Any, mode: str) -> Any:
         writer = provider.writer_location(endpoint)
         assert isinstance(writer.transport, LocalTransport) and writer.path == endpoint.path
-        copy = DiskCopy.for_endpoint(
-            _Options(),
-            AgentLocation(None, str(source)),
-            endpoint,
-            writer,
-            "db02:disk0",
-            mode,  # type: ignore[arg-type]
-        )
-        return copy_disk(copy, open_reader=lambda: pytest.fail("the target is on the host: never in-process"))
+        return host_pass(source, endpoint, writer, mode)
 
     try:
         endpoint = provider.attach_disk(None, disk)
