@@ -234,7 +234,8 @@ class RemoteTree:
         return _RemoteApply(self)
 
     def case_folds(self, roots: list[bytes]) -> list[bool]:
-        return [bool(f) for f in self.session.request("case", roots=[_hex(r) for r in roots])["folds"]]
+        self.session.request("case", roots=[_hex(r) for r in roots])
+        return [bool(f) for f in self.session.receive(wire.RESULT).json()["folds"]]
 
     def close(self) -> None:
         self.session.close()

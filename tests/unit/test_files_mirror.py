@@ -98,6 +98,24 @@ def test_first_pass_keeps_every_kind_of_entry_and_second_pass_sends_nothing(
     )
 
 
+def test_a_target_reached_through_a_files_agent_is_probed_written_and_verified(tmp_path: Path) -> None:
+    """A target on another host (``target_host``) is a files agent: its case probe, writer and hashes
+    answer through the agent's requests (here over a local pipe)."""
+    build_source(tmp_path / "src")
+    rules, pairs = one_pair(tmp_path)
+    target = RemoteTree(LocalTransport())
+    try:
+        first = mirror_pass(LocalTree(), target, pairs, rules, Options())
+        verify = mirror_pass(
+            LocalTree(), target, pairs, rules, Options(compare="full_data"), verify_only=True
+        )
+    finally:
+        target.close()
+    assert first.problems == [] and first.hardlinks == 1
+    assert (dst(tmp_path, "a") / "b" / "y.log").read_text() == "log line\n"
+    assert verify.differences == []
+
+
 def test_delta_sends_only_changed_blocks_and_full_data_finds_what_attributes_miss(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
