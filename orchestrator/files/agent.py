@@ -32,7 +32,6 @@ from orchestrator.files.rules import RuleSet, make_rule
 from orchestrator.files.tree import (
     Applier,
     TreeWriter,
-    block_hashes,
     join,
     problem_text,
     read_items,
@@ -179,18 +178,13 @@ class FilesAgent:
         roots = [unhex(r) for r in request["roots"]]
         out = codec.Batcher(self.channel, codec.HASHES)
         problems = []
+        signed = request.get("signed")
         for pair, rel in list(self._batches()):
             try:
-                path = join(roots[pair], rel)
-                if request.get("signed"):
-                    signature, digests = signed_block_hashes(
-                        path, request["block_size"], request["algorithm"]
-                    )
-                    out.add((pair, rel, tuple(digests), signature))
-                else:
-                    out.add(
-                        (pair, rel, tuple(block_hashes(path, request["block_size"], request["algorithm"])))
-                    )
+                signature, digests = signed_block_hashes(
+                    join(roots[pair], rel), request["block_size"], request["algorithm"]
+                )
+                out.add((pair, rel, tuple(digests), signature) if signed else (pair, rel, tuple(digests)))
             except OSError as exc:
                 problems.append([pair, rel.hex(), problem_text(exc)])
         out.flush()

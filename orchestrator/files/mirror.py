@@ -20,7 +20,6 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from orchestrator.mirror import protocol as wire
@@ -34,9 +33,9 @@ from .tree import (
     Applier,
     Entry,
     TreeWriter,
-    block_hashes,
     join,
     meta_tuple,
+    new_entry,
     read_items,
     scan,
     signed_block_hashes,
@@ -110,20 +109,13 @@ class LocalTree:
     def hashes(
         self, roots: list[bytes], items: list, block_size: int, algorithm: str
     ) -> dict[tuple[int, bytes], list]:
-        out = {}
-        for pair, rel in items:
-            with contextlib.suppress(OSError):
-                out[(pair, rel)] = block_hashes(join(roots[pair], rel), block_size, algorithm)
-        return out
+        signed = _signed_hashes(roots, items, block_size, algorithm)
+        return {key: digests for key, (_, digests) in signed.items()}
 
     def signed_hashes(
         self, roots: list[bytes], items: list, block_size: int, algorithm: str
     ) -> dict[tuple[int, bytes], tuple]:
-        out = {}
-        for pair, rel in items:
-            with contextlib.suppress(OSError):
-                out[(pair, rel)] = signed_block_hashes(join(roots[pair], rel), block_size, algorithm)
-        return out
+        return _signed_hashes(roots, items, block_size, algorithm)
 
     def applier(self, roots: list[bytes], owners: bool, xattrs: bool, durable: bool = True) -> Any:
         writers = [TreeWriter(r, owners=owners, xattrs=xattrs, durable=durable) for r in roots]
@@ -134,6 +126,18 @@ class LocalTree:
 
     def close(self) -> None:
         pass
+
+
+def _signed_hashes(
+    roots: list[bytes], items: list, block_size: int, algorithm: str
+) -> dict[tuple[int, bytes], tuple]:
+    """Each file's (signature, block digests) (tree.signed_block_hashes); a file that cannot be read is
+    left out."""
+    out = {}
+    for pair, rel in items:
+        with contextlib.suppress(OSError):
+            out[(pair, rel)] = signed_block_hashes(join(roots[pair], rel), block_size, algorithm)
+    return out
 
 
 class _LocalApply:
@@ -183,12 +187,11 @@ class RemoteTree:
             xattrs=xattrs,
         )
         entries: list[tuple[int, Entry]] = []
-        make = partial(tuple.__new__, Entry)  # Entry._make without its Python frame
         while True:
             frame = self.session.receive(codec.ENTRIES, wire.RESULT)
             if frame.type == wire.RESULT:
                 break
-            entries.extend(codec.decode_entries(frame.payload, make))
+            entries.extend(codec.decode_entries(frame.payload, new_entry))
         problems = frame.json()["problems"]
         return entries, [(bytes.fromhex(p), m) for p, m in problems]
 
@@ -315,6 +318,20 @@ class Options:
     retries: int = 3
     durable: bool = True  # one syncfs of each target filesystem before the pass reports done
     target_case: str = "auto"  # auto (probe each target root), sensitive, insensitive: see case.py
+
+    @classmethod
+    def from_data(cls, data: Any, compare: str | None = None) -> Options:
+        """A server's ``data:`` settings (the passes and `migrate replicate` read the same ones)."""
+        return cls(
+            compare=compare or data.compare,
+            orphans=data.orphans,
+            orphans_path=data.orphans_path.encode() if data.orphans_path else None,
+            block_size=data.block_size,
+            xattrs=data.xattrs,
+            owners=data.owners,
+            retries=data.retries,
+            target_case=data.target_case,
+        )
 
 
 def _meta_differs(a: Entry, b: Entry, options: Options) -> bool:

@@ -38,16 +38,7 @@ def replicate_server(
         raise ValueError(f"{name} has no data: section; replicate is for data-only servers")
     rules = RuleSet.from_config(data.rules)
     pairs = pairs_for(rules, data.mapping, name, data.target_path, data.paths)
-    options = Options(
-        compare=data.compare,
-        orphans=data.orphans,
-        orphans_path=data.orphans_path.encode() if data.orphans_path else None,
-        block_size=data.block_size,
-        xattrs=data.xattrs,
-        owners=data.owners,
-        retries=data.retries,
-        target_case=data.target_case,
-    )
+    options = Options.from_data(data)
     transports: list[Any] = []
 
     def connect() -> RemoteTree:

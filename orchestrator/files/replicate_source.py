@@ -30,7 +30,7 @@ import stat
 import threading
 from typing import Any
 
-from .tree import entry_for, join, meta_tuple, read_items
+from .tree import XattrReader, entry_for, join, meta_tuple, read_items
 from .watch import Change, SpillQueue, Watcher, WatchError
 
 BATCH_CHANGES = 2000  # changes taken from the queue at a time (then coalesced)
@@ -91,6 +91,7 @@ class ChangeStream:
         # (pair, dev, ino) -> a name of a file with other names, as this stream last sent it: a new name
         # made for it (``ln``) is linked on the target instead of travelling as a separate file
         self.linked: dict[tuple[int, int, int], bytes] = {}
+        self.xattrs = XattrReader()
 
     @staticmethod
     def _identity(root: bytes) -> tuple[int, int] | None:
@@ -224,7 +225,7 @@ class ChangeStream:
         full = join(self.roots[pair], rel)
         try:
             st = os.lstat(full)
-            entry = entry_for(full, rel, st, True, True)
+            entry = entry_for(full, rel, st, True, self.xattrs)
         except OSError:
             return  # gone again: its delete (or rename) is queued behind
         meta = meta_tuple(entry.meta)
@@ -271,7 +272,7 @@ class ChangeStream:
                 self.out.add((b"W", piece[1], piece[2]))
             elif kind == b"e":
                 self.out.add((b"E",))
-            elif kind == b"f":  # a small file in one piece (tree.read_small)
+            elif kind == b"f":  # a small file in one piece (tree.read_items)
                 self.out.add((b"B", pair, rel, meta, False, False, through))
                 self.out.add((b"S", len(piece[3])))
                 self.out.add((b"W", 0, piece[3]))

@@ -113,17 +113,7 @@ def run_pass(ctx: StepContext, mode: str, *, verify_only: bool = False) -> dict[
 
     data, rules, pairs = _settings(ctx)
     # a verification compares every file's blocks, whatever its attributes say
-    compare = "full_data" if verify_only else data.compare
-    options = Options(
-        compare=compare,
-        orphans=data.orphans,
-        orphans_path=data.orphans_path.encode() if data.orphans_path else None,
-        block_size=data.block_size,
-        xattrs=data.xattrs,
-        owners=data.owners,
-        retries=data.retries,
-        target_case=data.target_case,
-    )
+    options = Options.from_data(data, compare="full_data" if verify_only else None)
     name = ctx.server.name
     if mode != "final" and not verify_only and (holder := _replicating(ctx)) is not None:
         return holder
