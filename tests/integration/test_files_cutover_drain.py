@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +18,13 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.files.replicate_control import ReplicationControl
-from tests.integration.test_files_replicate import HANG_GUARD, identical, read, wait_for
+from tests.integration.test_files_replicate import HANG_GUARD, identical, read, start_replicate, wait_for
 from tests.services import sshd as sshd_service
 from tests.services.sshd import SshServer
 
 sshd_server = sshd_service.sshd_server
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def playbook(server: SshServer, src: Path, dst: Path, markers: Path, queue: str) -> str:
@@ -82,14 +78,7 @@ def replicating(tmp_path: Path, sshd_server: SshServer, request: pytest.FixtureR
         (src / "docs" / f"f{index}.txt").write_text(f"file {index}\n")
     (tmp_path / "files.yaml").write_text(playbook(sshd_server, src, dst, markers, request.param))
     cli(tmp_path, "execute", "files.yaml")  # first mirror and a difference pass, then the gate
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "replicate", "files.yaml", "files01"],
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_replicate(tmp_path)
     control = ReplicationControl(tmp_path / ".hvmigrate", "files01")
     try:
         wait_for(

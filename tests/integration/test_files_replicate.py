@@ -23,6 +23,7 @@ from orchestrator.files.replicate import Replicator, RootGone
 from orchestrator.files.rules import RuleSet, make_rule
 from orchestrator.transport.local import LocalTransport
 from orchestrator.transport.ssh import SshTransport
+from tests.integration.test_files_ssh import transport_to
 from tests.services import sshd as sshd_service
 from tests.services.sshd import SshServer
 
@@ -31,6 +32,7 @@ sshd_server = sshd_service.sshd_server
 pytestmark = pytest.mark.integration
 
 HANG_GUARD = 20.0  # seconds: a change that never arrives fails the test instead of hanging it
+REPO = Path(__file__).resolve().parents[2]
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -101,19 +103,25 @@ def ssh_connect(sshd_server: SshServer) -> Iterator[Callable[[], RemoteTree]]:
     transports: list[SshTransport] = []
 
     def connect() -> RemoteTree:
-        transport = SshTransport(
-            sshd_server.host,
-            port=sshd_server.port,
-            user=sshd_server.user,
-            key_file=sshd_server.client_key,
-            known_hosts=sshd_server.known_hosts,
-        )
+        transport = transport_to(sshd_server)
         transports.append(transport)
         return RemoteTree(transport)
 
     yield connect
     for transport in transports:
         transport.close()
+
+
+def start_replicate(root: Path) -> subprocess.Popen:
+    """`migrate replicate files.yaml files01` run in ``root`` as a real process, its output kept."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "replicate", "files.yaml", "files01"],
+        cwd=root,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def identical(src: Path, dst: Path) -> None:
@@ -294,15 +302,7 @@ servers:
         - {{path: {src}/docs}}
 """
     )
-    repo = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "replicate", "files.yaml", "files01"],
-        cwd=tmp_path,
-        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(repo)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_replicate(tmp_path)
     try:
         wait_for(
             lambda: read(dst / "docs" / "a.txt") == b"a\n" or process.poll() is not None, "the first pass"

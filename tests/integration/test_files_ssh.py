@@ -18,6 +18,16 @@ sshd_server = sshd_service.sshd_server
 pytestmark = pytest.mark.integration
 
 
+def transport_to(server: SshServer) -> SshTransport:
+    return SshTransport(
+        server.host,
+        port=server.port,
+        user=server.user,
+        key_file=server.client_key,
+        known_hosts=server.known_hosts,
+    )
+
+
 def test_mirror_and_difference_pass_over_ssh(tmp_path: Path, sshd_server: SshServer) -> None:
     src = tmp_path / "src"
     (src / "docs").mkdir(parents=True)
@@ -27,13 +37,7 @@ def test_mirror_and_difference_pass_over_ssh(tmp_path: Path, sshd_server: SshSer
     os.link(src / "docs" / "f0.txt", src / "docs" / "f0-again.txt")
     rules = RuleSet([make_rule(str(src)), make_rule(str(src) + "/*.tmp", False)])
     pairs = pairs_for(rules, "all_to_one", "files01", str(tmp_path / "dst"), [])
-    transport = SshTransport(
-        sshd_server.host,
-        port=sshd_server.port,
-        user=sshd_server.user,
-        key_file=sshd_server.client_key,
-        known_hosts=sshd_server.known_hosts,
-    )
+    transport = transport_to(sshd_server)
     source = RemoteTree(transport)
     try:
         first = mirror_pass(source, LocalTree(), pairs, rules, Options())
