@@ -489,6 +489,8 @@ def mirror_pass(
         _verify_contents(source, target, pairs, sends, src_by_key, theirs, options, result)
         return result
 
+    ops += _parents_to_retime(ops, sends, followers, orphans, src_by_key)
+
     # Delta and full-data sends need the target's block digests first.
     delta_items = [(i, rel) for i, rel, _, delta in sends if delta]
     algorithm = negotiate_algorithm(source.algorithms, target.algorithms)
@@ -592,6 +594,25 @@ def _match_case(
             )
         renames = []
     return kept, remapped, renames
+
+
+def _parents_to_retime(
+    ops: list[tuple], sends: list, followers: list, orphans: list, src_by_key: dict
+) -> list[tuple]:
+    """Folder operations for the folders this pass changes inside (a file created or replaced by a
+    rename, a link made, an entry removed) whose own attributes matched: changing an entry changes its
+    folder's time, and the writer sets a folder's time last only for the folders it was given."""
+    given = {(op[1], op[2]) for op in ops if op[0] == b"D"}
+    touched = [(op[1], op[2]) for op in ops if op[0] in (b"L", b"R")]
+    touched += [(i, rel) for i, rel, _, _ in sends] + [(i, rel) for i, rel, _ in followers] + orphans
+    out = []
+    for index, rel in touched:
+        parent = (index, rel.rpartition(b"/")[0])
+        folder = src_by_key.get(parent)
+        if parent not in given and folder is not None and folder.kind == b"d":
+            given.add(parent)
+            out.append((b"D", index, parent[1], meta_tuple(folder.meta)))
+    return out
 
 
 def _delta_digests(

@@ -285,3 +285,28 @@ def test_target_full_is_reported_per_file(tmp_path: Path) -> None:
         assert (small / "copy" / "a-small").stat().st_size == 1000
     finally:
         os.system(f"umount {small}")
+
+
+def test_folders_whose_entries_a_pass_replaced_keep_the_source_times(tmp_path: Path) -> None:
+    """Replacing a file (written beside it and renamed over it), linking or removing an entry changes the
+    folder's time on the target; the pass puts it back even where the folder itself did not differ."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "top.bin").write_bytes(os.urandom(300_000))
+    (src / "d" / "inner.txt").write_text("one")
+    (src / "d" / "gone.txt").write_text("bye")
+    rules, pairs = one_pair(tmp_path)
+    mirror_pass(LocalTree(), LocalTree(), pairs, rules, Options())
+    times = {p: os.stat(p).st_mtime_ns for p in (src, src / "d")}
+    with open(src / "top.bin", "r+b") as handle:  # a delta, written beside the file and renamed over it
+        handle.write(b"changed")
+    (src / "d" / "inner.txt").write_text("two")
+    os.utime(src / "d" / "gone.txt", ns=(1, 1))  # content and folder unchanged until the removal below
+    (src / "d" / "gone.txt").unlink()
+    for path, ns in times.items():  # the source's folders keep their times: only their entries changed
+        os.utime(path, ns=(ns, ns))
+    mirror_pass(LocalTree(), LocalTree(), pairs, rules, Options())
+    verify = mirror_pass(
+        LocalTree(), LocalTree(), pairs, rules, Options(compare="full_data"), verify_only=True
+    )
+    assert verify.differences == []
