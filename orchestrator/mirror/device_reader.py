@@ -66,13 +66,7 @@ class DeviceReader:
 
     def read_into(self, offset: int, buf: Any) -> int:
         view = memoryview(buf).cast("B")[: max(0, min(len(buf), self.size - offset))]
-        done = 0
-        while done < len(view):
-            got = portable_io.pread_into(self._fd, view[done:], offset + done)
-            if got == 0:
-                break
-            done += got
-        return done
+        return portable_io.pread_full(self._fd, view, offset)
 
     def read(self, offset: int, length: int) -> bytes:
         buf = bytearray(length)

@@ -114,13 +114,7 @@ class FileDiskReader:
         view = memoryview(buf)
         if self._uncached:
             os.posix_fadvise(self._fd, offset, len(view), os.POSIX_FADV_DONTNEED)
-        done = 0
-        while done < len(view):
-            got = portable_io.pread_into(self._fd, view[done:], offset + done)
-            if got == 0:
-                break
-            done += got
-        return done
+        return portable_io.pread_full(self._fd, view, offset)
 
     def allocated_ranges(self) -> Iterator[tuple[int, int]] | None:
         return data_ranges(self._fd, self.size)

@@ -70,19 +70,23 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
     return len(data)
 
 
+def pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` from ``offset``; fewer bytes only where the file or device ends."""
+    done = 0
+    while done < len(view):
+        got = pread_into(fd, view[done:], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
 def pread(fd: int, length: int, offset: int) -> bytes:
     """``os.pread``: up to ``length`` bytes at ``offset``, fewer only at the end."""
     if hasattr(os, "pread"):
         return os.pread(fd, length, offset)
     buffer = bytearray(length)
-    view = memoryview(buffer)
-    done = 0
-    while done < length:
-        got = pread_into(fd, view[done:], offset + done)
-        if got == 0:
-            break
-        done += got
-    return bytes(buffer[:done])
+    return bytes(buffer[: pread_full(fd, memoryview(buffer), offset)])
 
 
 def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:

@@ -233,13 +233,7 @@ class FileTarget:
 
     def read_into(self, view: memoryview, offset: int) -> int:
         """Fill ``view``; fewer bytes only where the target ends."""
-        done = 0
-        while done < len(view):
-            got = portable_io.pread_into(self.fd, view[done:], offset + done)
-            if got == 0:
-                break
-            done += got
-        return done
+        return portable_io.pread_full(self.fd, view, offset)
 
     def is_hole(self, offset: int, length: int) -> bool:
         return not self.device and is_hole(self.fd, offset, length)
