@@ -56,7 +56,7 @@ from . import vms as hardware
 from .appliance_access import ApplianceAccess
 from .cold import ColdImages
 from .connection import Connection
-from .disks import DiskStore, check_name, split_datastore_path
+from .disks import DiskPlace, DiskStore, check_name, split_datastore_path
 from .inventory import OWNER_KEY, OWNER_VALUE, PROVIDER_KEY, ROLE_KEY, EsxInventory, Scope, extra_config
 from .tasks import run_task
 
@@ -401,23 +401,15 @@ class EsxProvider:
         Idempotent: a disk already on this appliance gives the same endpoint again.
         """
         if appliance is None:
+            place = self._existing_place(disk)
             if self.config.disk_writer == "datastore_path":  # this machine writes the datastore's files
-                place = self.disks.place_of(disk)
-                if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
-                    raise NotFound(
-                        f"disk {disk.name} does not exist on datastore {place.datastore}; create it first"
-                    )
                 transport = {"vmdk": place.path, "disk_writer": self.config.disk_writer}
                 return self._flat_endpoint(disk, place, transport)
-            return self._cold_endpoint(disk)
+            return self.cold.endpoint(disk, place)  # appliance: host: the disk's local image (cold.py)
         # the login waits for the appliance's boot, so it comes before the provider's lock
         login = self.appliances.login(appliance.name) if self._writes_in_appliance() else None
         with self._lock:
-            place = self.disks.place_of(disk)
-            if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
-                raise NotFound(
-                    f"disk {disk.name} does not exist on datastore {place.datastore}; create it first"
-                )
+            place = self._existing_place(disk)
             vm, _ = self._appliance_vm(appliance)
             devices = self._devices(vm, "reading the appliance's devices")
             mine = _disk_at(devices, place.path)
@@ -432,7 +424,8 @@ class EsxProvider:
                     self.appliances.sweep_maps(login, place.path)
                 mine, devices = self._hot_add(vm, appliance, devices, place.path, disk.size)
             slot = hardware.scsi_slot(devices, mine)
-        self._size_local_flat(disk, place)
+        if self.config.disk_writer == "appliance":  # datastore_path: _endpoint sizes it
+            self._size_local_flat(disk, place)
         if login is not None:
             self.appliances.device(login, appliance.name, slot, disk.size, place.path)
         return self._endpoint(appliance, disk, place, slot)
@@ -442,12 +435,12 @@ class EsxProvider:
         disk is still hot-added, and writer_location says what to set)."""
         return self.config.disk_writer == "appliance" and self.appliances.configured
 
-    def _cold_endpoint(self, disk: DiskRef) -> DiskEndpoint:
-        """appliance: host: the disk's local image (cold.py), for a VMDK the tool made."""
+    def _existing_place(self, disk: DiskRef) -> DiskPlace:
+        """Where ``disk`` is, refused unless it exists there (the data plane writes only made disks)."""
         place = self.disks.place_of(disk)
         if self.disks.find(DiskRequest(disk.name, disk.size, "vmdk", disk.datastore)) is None:
             raise NotFound(f"disk {disk.name} does not exist on datastore {place.datastore}; create it first")
-        return self.cold.endpoint(disk, place)
+        return place
 
     def _devices(self, vm: vim.VirtualMachine, what: str) -> list[Any]:
         """The VM's devices alone: reading ``vm.config`` whole costs a large SOAP answer per call."""
@@ -531,25 +524,20 @@ class EsxProvider:
                 "folder on this machine (a test bed such as vcsim), and it is not; use disk_writer: appliance"
             )
         # The flat file stands for the disk inside the appliance (see the module docstring).
-        flat = self._size_local_flat(disk, place)
-        if flat is None:
+        flat = local / place.flat
+        if not _sized_like_esxi(flat, disk.size):
             raise ProviderError(
-                f"disk {disk.name}: {local / place.flat} is missing; the datastore folder does not hold the "
-                "VMDK's flat file"
+                f"disk {disk.name}: {flat} is missing; the datastore folder does not hold the VMDK's flat "
+                "file"
             )
         transport["datastore_path"] = str(flat)
         return DiskEndpoint("file", str(flat), disk.size, transport=transport)
 
-    def _size_local_flat(self, disk: DiskRef, place: Any) -> Path | None:
-        """On a datastore that is a folder here (vcsim), the VMDK's flat file sized as ESXi sizes it
-        (vcsim's CreateVirtualDisk leaves it empty), sparse; None where there is no such file."""
+    def _size_local_flat(self, disk: DiskRef, place: Any) -> None:
+        """On a datastore that is a folder here (vcsim), the VMDK's flat file sized as ESXi sizes it."""
         local = self._local_datastore_dir(place.datastore)
-        flat = local / place.flat if local is not None else None
-        if flat is None or not flat.exists():
-            return None
-        if flat.stat().st_size < disk.size:
-            os.truncate(flat, disk.size)
-        return flat
+        if local is not None:
+            _sized_like_esxi(local / place.flat, disk.size)
 
     def _local_datastore_dir(self, datastore: str) -> Path | None:
         """The datastore's folder when it is a directory on this machine (vcsim), else None."""
@@ -884,6 +872,16 @@ class EsxProvider:
     def close(self) -> None:
         self.appliances.close()
         self.connection.close()
+
+
+def _sized_like_esxi(flat: Path, size: int) -> bool:
+    """A VMDK's flat file in a local datastore folder grown, sparse, to ``size`` as ESXi would have made it
+    (vcsim's CreateVirtualDisk leaves it empty); False where there is no such file."""
+    if not flat.exists():
+        return False
+    if flat.stat().st_size < size:
+        os.truncate(flat, size)
+    return True
 
 
 def _disk_at(devices: list[Any], path: str) -> Any:
