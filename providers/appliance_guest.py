@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -34,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.transport import HostKeyError, TransportError
 from orchestrator.transport.ssh import SshTransport
 from providers.base import ProviderError, TransientProviderError
+from providers.linux.power import answers_ssh
 
 if TYPE_CHECKING:
     from orchestrator.playbook.models import ApplianceLogin
 
 MAPS_DIR = "/var/lib/hvmigrate/maps"  # block maps of the attached replica disks, on the appliance's root
-PROBE_TIMEOUT = 3.0
 
 # Run inside the appliance over SSH (its python3). Arguments (JSON): "path" or "slot" ({"kind": "scsi",
 # "sata" or "storvsc" (Hyper-V SCSI: bus = controller, unit = location), "bus", "unit"}), "timeout",
@@ -174,16 +173,6 @@ def in_appliance(transport: Any, args: dict[str, Any]) -> dict[str, Any]:
         ) from None
     finally:
         process.close()
-
-
-def answers_ssh(address: str, port: int = 22) -> bool:
-    """A cheap look before logging in: an SSH banner on the port (the login itself waits much longer)."""
-    try:
-        with socket.create_connection((address, port), timeout=PROBE_TIMEOUT) as conn:
-            conn.settimeout(PROBE_TIMEOUT)
-            return conn.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 POLL = 1.0

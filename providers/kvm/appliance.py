@@ -52,7 +52,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.transport import HostKeyError, TransportError
 from orchestrator.transport.ssh import SshTransport
-from providers.appliance_guest import answers_ssh as _answers_ssh
 from providers.appliance_guest import in_appliance as _in_guest
 from providers.base import (
     AgentLocation,
@@ -65,6 +64,7 @@ from providers.base import (
     TransientProviderError,
     VmRequest,
 )
+from providers.linux.power import answers_ssh
 
 from .appliance_layout import CONFIG_SERIAL, MAPS_DIR, SCSI_BY_ID
 from .connection import failure
@@ -597,7 +597,7 @@ class Appliances:
                     f"appliance {name} stopped while booting; its console:\n{self._console_tail(domain)}"
                 )
             address = self._lease(domain, mac)
-            if address and _answers_ssh(address):
+            if address and answers_ssh(address, 22):
                 transport = _login(address, keys)
                 try:
                     transport.connect()
@@ -654,7 +654,7 @@ class Appliances:
         if keys is None or keys.domain_uuid != domain.UUIDString():
             return None
         address = self._lease(domain, next(iter(read_domain(domain.XMLDesc(0)).nics), ("", ""))[1])
-        if not address or not _answers_ssh(address):
+        if not address or not answers_ssh(address, 22):
             return None
         transport = _login(address, keys)
         try:
