@@ -335,12 +335,8 @@ def test_image_to_vcenter_migration_and_undo_restores_the_inventory(
 def appliance_with_tools_address(admin: Any, address: str) -> Any:
     """The administrator's appliance VM (deployed unless the first test did), its Tools reporting
     ``address``: where the test sshd plays its guest."""
-    from pyVmomi import vim
-
     vm = vm_named(admin, APPLIANCE) or vcsim_service.deploy_appliance(admin, APPLIANCE)
-    option = vim.option.OptionValue(key="SET.guest.ipAddress", value=address)
-    vcsim_service.wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[option])))
-    return vm
+    return vcsim_service.report_tools_address(vm, address)
 
 
 def test_appliance_writer_and_cold_path_in_one_wave(

@@ -35,26 +35,13 @@ MiB = 1024**2
 APPLIANCE = "hvm-appliance-w"
 
 
+datastore_dir = vcsim_service.datastore_dir
+
+
 @pytest.fixture(scope="module")
 def appliance_vm(admin: Any) -> Any:
     """The administrator's appliance VM, whose Tools report the test sshd's address."""
-    from pyVmomi import vim
-
-    vm = vcsim_service.deploy_appliance(admin, APPLIANCE)
-    option = vim.option.OptionValue(key="SET.guest.ipAddress", value="127.0.0.1")
-    vcsim_service.wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[option])))
-    return vm
-
-
-def datastore_dir(admin: Any, name: str) -> Path:
-    from pyVmomi import vim
-
-    content = admin.content
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
-    try:
-        return Path(next(ds for ds in view.view if ds.name == name).info.url)
-    finally:
-        view.Destroy()
+    return vcsim_service.report_tools_address(vcsim_service.deploy_appliance(admin, APPLIANCE), "127.0.0.1")
 
 
 def make_provider(server: Any, sshd: Any, maps: Path, devices: dict[str, str], **login: Any) -> Any:

@@ -98,15 +98,7 @@ def run_replicate(session: Any, observer: Any) -> Any:
 
 
 def flat(admin: Any, datastore: str, disk: str) -> Path:
-    from pyVmomi import vim
-
-    content = admin.content
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
-    try:
-        root = Path(next(ds for ds in view.view if ds.name == datastore).info.url)
-    finally:
-        view.Destroy()
-    return root / "hvmigrate" / disk / f"{disk}-flat.vmdk"
+    return vcsim_service.datastore_dir(admin, datastore) / "hvmigrate" / disk / f"{disk}-flat.vmdk"
 
 
 def undo_all(session: Any) -> None:

@@ -59,17 +59,7 @@ def admin_vm(admin: Any, name: str) -> Any:
         view.Destroy()
 
 
-def datastore_dir(admin: Any, name: str) -> Path:
-    from pyVmomi import vim
-
-    content = admin.content
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
-    try:
-        return Path(next(ds for ds in view.view if ds.name == name).info.url)
-    finally:
-        view.Destroy()
-
-
+datastore_dir = vcsim_service.datastore_dir
 make_appliance = vcsim_service.deploy_appliance
 
 

@@ -242,6 +242,28 @@ def deploy_appliance(admin: Any, name: str, *, power_on: bool = True) -> Any:
     return vm
 
 
+def report_tools_address(vm: Any, address: str) -> Any:
+    """Make vcsim report ``address`` as the VM's VMware Tools would (vcsim runs no guest): where the test
+    sshd plays an appliance's guest. Returns ``vm``."""
+    from pyVmomi import vim
+
+    option = vim.option.OptionValue(key="SET.guest.ipAddress", value=address)
+    wait_task(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(extraConfig=[option])))
+    return vm
+
+
+def datastore_dir(admin: Any, name: str) -> Path:
+    """The folder on this machine that holds vcsim's datastore ``name``, as the administrator sees it."""
+    from pyVmomi import vim
+
+    content = admin.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
+    try:
+        return Path(next(ds for ds in view.view if ds.name == name).info.url)
+    finally:
+        view.Destroy()
+
+
 def _skip_without_tools() -> None:
     missing = missing_tools()
     if missing:
